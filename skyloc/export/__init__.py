@@ -1,0 +1,1 @@
+"""Export: ONNX of `embed` with metadata, parity verification, TensorRT engines."""

@@ -1,0 +1,57 @@
+"""Checkpoints that record the model name and config, so a file is enough to rebuild the model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from skyloc.errors import ModelMismatchError, SkylocError
+from skyloc.models.base import CrossViewModel
+from skyloc.models.registry import create_model, is_model
+
+
+def save_checkpoint(path: str | Path, model: CrossViewModel, **extra) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "skyloc_checkpoint": 1,
+        "model_name": model.model_name,
+        "num_classes": model.num_classes,
+        "model_kwargs": getattr(model, "factory_kwargs", {}),
+        "state_dict": model.state_dict(),
+        **extra,
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # never leave a half-written checkpoint behind
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise SkylocError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise SkylocError(f"cannot read checkpoint {path}: the file is corrupt or not a skyloc checkpoint "
+                          f"({type(exc).__name__})") from None
+    if not isinstance(state, dict) or "model_name" not in state or "state_dict" not in state:
+        raise SkylocError(f"{path} is not a skyloc checkpoint (no model_name/state_dict): train with `skyloc train`")
+    return state
+
+
+def load_model(path: str | Path, expect_model: str | None = None) -> tuple[CrossViewModel, dict]:
+    """Rebuild the model a checkpoint was trained as; refuse if it is not `expect_model`."""
+    state = read_checkpoint(path)
+    name = state["model_name"]
+    if expect_model and expect_model != name:
+        raise ModelMismatchError(f"{path} is a {name} checkpoint, not {expect_model}: pass the matching "
+                                 f"--model or the right checkpoint")
+    if not is_model(name):
+        raise SkylocError(f"{path} holds unknown model {name!r}: made by a newer skyloc?")
+    model = create_model(name, num_classes=state["num_classes"], **state.get("model_kwargs", {}))
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as exc:
+        raise ModelMismatchError(f"{path}: weights do not fit {name} ({str(exc).splitlines()[0]})") from None
+    return model.eval(), state

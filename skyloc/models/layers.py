@@ -1,0 +1,36 @@
+"""Building blocks shared by both networks: the ClassBlock head and the descriptor rule."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class ClassBlock(nn.Module):
+    """Bottleneck (Linear -> BN -> Dropout) and a classifier, one per branch (University-1652).
+
+    The bottleneck output is the branch's retrieval feature; the logits feed cross-entropy.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, bottleneck: int = 512, drop: float = 0.5):
+        super().__init__()
+        self.bottleneck = nn.Sequential(nn.Linear(in_dim, bottleneck), nn.BatchNorm1d(bottleneck), nn.Dropout(drop))
+        self.classifier = nn.Linear(bottleneck, num_classes)
+        nn.init.kaiming_normal_(self.bottleneck[0].weight, a=0, mode="fan_out")
+        nn.init.zeros_(self.bottleneck[0].bias)
+        nn.init.normal_(self.bottleneck[1].weight, 1.0, 0.02)
+        nn.init.zeros_(self.bottleneck[1].bias)
+        nn.init.normal_(self.classifier.weight, std=0.001)
+        nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feat = self.bottleneck(x)
+        return self.classifier(feat), feat
+
+
+def unit_descriptor(features: list[torch.Tensor]) -> torch.Tensor:
+    """Each branch L2-normalised and divided by sqrt(K), concatenated: a unit-length descriptor."""
+    k = len(features)
+    return torch.cat([F.normalize(f, dim=1) / math.sqrt(k) for f in features], dim=1)

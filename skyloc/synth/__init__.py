@@ -1,0 +1,1 @@
+"""Synthetic worlds: procedural georeferenced orthophotos and rendered drone views (numpy/OpenCV)."""

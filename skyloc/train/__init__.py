@@ -1,0 +1,1 @@
+"""Training and evaluation (torch): datasets, samplers, losses, trainer, evaluation."""
