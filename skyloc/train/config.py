@@ -1,0 +1,62 @@
+"""Training configuration: a validated pydantic model, loaded from YAML (errors name the field)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from skyloc.errors import SkylocError
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "mlr_convnext_tiny"
+    data: Optional[str] = None
+    height: Optional[str] = Field(None, description="SUES-200 flight height (150/200/250/300)")
+    out: str = "runs/train"
+    epochs: int = Field(120, ge=1)
+    batch_size: int = Field(8, ge=2, description="classes per batch (each gives a satellite and a drone image)")
+    k_sat: int = Field(1, ge=1, description="satellite augmentations per class per epoch (MIFT: 3)")
+    lr: float = Field(0.01, gt=0)
+    backbone_lr: float = Field(0.001, gt=0)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: list[int] = [70, 110]
+    gamma: float = 0.1
+    loss: Literal["triplet", "infonce"] = "triplet"
+    margin: float = 0.3
+    temperature: float = 0.07
+    ce_weight: float = 1.0
+    metric_weight: float = 1.0
+    pretrained: bool = False
+    backbone_weights: Optional[str] = None
+    amp: bool = True
+    workers: int = 2
+    seed: int = 0
+    max_steps: Optional[int] = Field(None, description="stop each epoch after this many steps (smoke tests)")
+    log_every: int = 10
+    device: str = "auto"
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> "TrainConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise SkylocError(f"config not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SkylocError(f"{p} is not valid YAML: {exc}") from None
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.parse(data, str(p))
+
+    @classmethod
+    def parse(cls, data: dict, source: str = "config") -> "TrainConfig":
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(x) for x in err["loc"])
+            raise SkylocError(f"{source}: field '{field}': {err['msg']}") from None

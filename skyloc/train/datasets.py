@@ -1,0 +1,134 @@
+"""Dataset layouts (University-1652, SUES-200, plain folders) and the cross-view pair dataset."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from skyloc.errors import SkylocError
+from skyloc.runtime.preprocess import DataConfig, load_image
+from skyloc.train.predict import to_tensor
+
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".webp"}
+SUES_HEIGHTS = ("150", "200", "250", "300")
+
+
+@dataclass
+class ViewSet:
+    """Images of one view grouped by class name (a place)."""
+
+    root: Path
+    items: list[tuple[Path, str]]
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({c for _, c in self.items})
+
+    def by_class(self) -> dict[str, list[Path]]:
+        out: dict[str, list[Path]] = {}
+        for p, c in self.items:
+            out.setdefault(c, []).append(p)
+        return out
+
+
+def read_view(folder: Path, what: str) -> ViewSet:
+    """A folder of class sub-folders of images; a clear error naming the missing folder."""
+    if not folder.is_dir():
+        raise SkylocError(f"missing folder {folder} ({what}); see README 'Datasets' for the layouts")
+    items = [(p, d.name) for d in sorted(folder.iterdir()) if d.is_dir()
+             for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_EXT]
+    if not items:
+        raise SkylocError(f"{folder} ({what}) has no images in class sub-folders")
+    return ViewSet(folder, items)
+
+
+@dataclass
+class Layout:
+    """Where the train and test views of a dataset live."""
+
+    kind: str
+    train_drone: Path | None
+    train_satellite: Path | None
+    test: dict[str, Path]  # query_drone, gallery_satellite, query_satellite, gallery_drone
+
+
+def detect_layout(root: str | Path, height: str | None = None) -> Layout:
+    """University-1652 (train/, test/), SUES-200 (Training/H, Testing/H) or plain (drone/, satellite/)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SkylocError(f"dataset folder not found: {root}")
+    test_names = ("query_drone", "gallery_satellite", "query_satellite", "gallery_drone")
+    if (root / "train").is_dir() or (root / "test").is_dir():
+        train = root / "train"
+        test = {n: root / "test" / n for n in test_names if (root / "test" / n).is_dir()}
+        return Layout("university-1652", train / "drone", train / "satellite", test)
+    if (root / "Training").is_dir() or (root / "Testing").is_dir():
+        h = height or SUES_HEIGHTS[-1]
+        if h not in SUES_HEIGHTS:
+            raise SkylocError(f"SUES-200 height {h!r} unknown; use one of {', '.join(SUES_HEIGHTS)}")
+        test = {n: root / "Testing" / h / n for n in test_names if (root / "Testing" / h / n).is_dir()}
+        return Layout(f"sues-200@{h}m", root / "Training" / h / "drone", root / "Training" / h / "satellite", test)
+    if (root / "drone").is_dir() or (root / "satellite").is_dir():
+        return Layout("folder", root / "drone", root / "satellite", {})
+    raise SkylocError(f"{root} is not a known layout: expected train/ and test/ (University-1652), "
+                      "Training/<height>/ (SUES-200) or drone/ + satellite/ (folder)")
+
+
+def augment(img: np.ndarray, rng: random.Random, size: int, rotate: float = 0.0, erase: float = 0.0) -> np.ndarray:
+    """Pad-and-crop, flip, small rotation, colour jitter and random erasing (numpy/OpenCV)."""
+    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    pad = size // 16
+    img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REFLECT)
+    x, y = rng.randint(0, 2 * pad), rng.randint(0, 2 * pad)
+    img = img[y : y + size, x : x + size]
+    if rng.random() < 0.5:
+        img = img[:, ::-1]
+    if rotate:
+        m = cv2.getRotationMatrix2D((size / 2, size / 2), rng.uniform(-rotate, rotate), 1.0)
+        img = cv2.warpAffine(np.ascontiguousarray(img), m, (size, size), borderMode=cv2.BORDER_REFLECT)
+    f = img.astype(np.float32) * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20)
+    f = (f - f.mean()) * rng.uniform(0.8, 1.2) + f.mean()
+    img = np.clip(f, 0, 255).astype(np.uint8)
+    if erase and rng.random() < erase:
+        h, w = rng.randint(size // 8, size // 3), rng.randint(size // 8, size // 3)
+        y, x = rng.randint(0, size - h), rng.randint(0, size - w)
+        img = img.copy()
+        img[y : y + h, x : x + w] = np.asarray([rng.randint(0, 255) for _ in range(3)], np.uint8)
+    return np.ascontiguousarray(img)
+
+
+class PairDataset(Dataset):
+    """One item per (class, satellite augmentation): an augmented satellite tile, a random drone
+    view of the same place, and the class index. `k_sat` repeats each class k times per epoch
+    (MIFT's k satellite augmentations) to balance the one satellite image against many drone views.
+    """
+
+    def __init__(self, drone: ViewSet, satellite: ViewSet, cfg: DataConfig, k_sat: int = 1, seed: int = 0):
+        d, s = drone.by_class(), satellite.by_class()
+        self.classes = sorted(set(d) & set(s))
+        if not self.classes:
+            raise SkylocError(f"no class appears in both {drone.root} and {satellite.root}")
+        self.class_index = {c: i for i, c in enumerate(self.classes)}
+        self.drone, self.satellite = d, s
+        self.cfg, self.k_sat, self.seed = cfg, k_sat, seed
+        self.epoch = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.classes) * self.k_sat
+
+    def __getitem__(self, i: int):
+        cls = self.classes[i % len(self.classes)]
+        rng = random.Random(hash((self.seed, self.epoch, i)))
+        size = self.cfg.height
+        sat = augment(load_image(rng.choice(self.satellite[cls])), rng, size, rotate=10.0)
+        drone = augment(load_image(rng.choice(self.drone[cls])), rng, size, erase=0.3)
+        return to_tensor(sat, self.cfg), to_tensor(drone, self.cfg), torch.tensor(self.class_index[cls])

@@ -1,0 +1,166 @@
+"""The training loop: CE per branch + cross-view metric loss, SGD with step decay, AMP, DDP,
+resumable checkpoints, a progress bar, CSV and TensorBoard logs."""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from skyloc.errors import SkylocError
+from skyloc.models import create_model
+from skyloc.models.checkpoint import read_checkpoint, save_checkpoint
+from skyloc.train.config import TrainConfig
+from skyloc.train.datasets import PairDataset, detect_layout, read_view
+from skyloc.train.losses import branch_cross_entropy, cross_view_triplet, info_nce
+
+log = logging.getLogger("skyloc.train")
+
+
+def _setup_distributed() -> tuple[int, int, int]:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; gloo on CPU, NCCL on GPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _device(cfg: TrainConfig, local_rank: int) -> torch.device:
+    if cfg.device != "auto":
+        return torch.device(cfg.device)
+    return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def train(cfg: TrainConfig, resume: bool = True, console=None) -> dict:
+    """Train cfg.model on cfg.data; returns the final losses and the checkpoint path."""
+    if not cfg.data:
+        raise SkylocError("no training data: pass --data DIR or set 'data' in the config")
+    world, rank, local_rank = _setup_distributed()
+    device = _device(cfg, local_rank)
+    torch.manual_seed(cfg.seed + rank)
+    random.seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+    layout = detect_layout(cfg.data, cfg.height)
+    drone = read_view(layout.train_drone, "training drone views")
+    sat = read_view(layout.train_satellite, "training satellite views")
+    out = Path(cfg.out)
+    ckpt_path = out / "last.pt"
+    state = read_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
+    if state is not None and state["model_name"] != cfg.model:
+        raise SkylocError(f"{ckpt_path} is a {state['model_name']} run, not {cfg.model}: use another --out")
+
+    probe = create_model(cfg.model, num_classes=2)
+    dataset = PairDataset(drone, sat, probe.data_config, k_sat=cfg.k_sat, seed=cfg.seed)
+    model = create_model(cfg.model, num_classes=dataset.num_classes, pretrained=cfg.pretrained,
+                         backbone_weights=cfg.backbone_weights).to(device)
+    groups = [{"params": model.backbone_parameters(), "lr": cfg.backbone_lr},
+              {"params": model.head_parameters(), "lr": cfg.lr}]
+    opt = torch.optim.SGD(groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.milestones, cfg.gamma)
+    start_epoch = 0
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"]) + 1
+        if rank == 0:
+            log.info("resuming %s from epoch %d", ckpt_path, start_epoch)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+    sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed, drop_last=True) if world > 1 else None
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                        num_workers=cfg.workers, drop_last=True, persistent_workers=cfg.workers > 0)
+    if len(loader) == 0:
+        raise SkylocError(f"{dataset.num_classes} classes x k_sat {cfg.k_sat} is smaller than one batch of "
+                          f"{cfg.batch_size}: lower batch_size")
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    out.mkdir(parents=True, exist_ok=True)
+    writer = _tensorboard(out) if rank == 0 else None
+    csv_path = out / "log.csv"
+    new_csv = not csv_path.is_file() or state is None
+    csv_file = open(csv_path, "w" if new_csv else "a", newline="") if rank == 0 else None
+    csv_writer = csv.writer(csv_file) if csv_file else None
+    if csv_writer and new_csv:
+        csv_writer.writerow(["epoch", "step", "loss", "ce", "metric", "accuracy", "lr", "seconds"])
+    steps_per_epoch = min(len(loader), cfg.max_steps or len(loader))
+    history = []
+    progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(),
+                        console=console, disable=rank != 0)
+    t0 = time.time()
+    with progress:
+        task = progress.add_task("train", total=steps_per_epoch, epoch=start_epoch, loss=math.nan)
+        for epoch in range(start_epoch, cfg.epochs):
+            dataset.epoch = epoch
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            net.train()
+            progress.reset(task, total=steps_per_epoch, epoch=f"{epoch + 1}/{cfg.epochs}", loss=math.nan)
+            sums = np.zeros(4)
+            for step, (sat_x, drone_x, labels) in enumerate(loader):
+                if step >= steps_per_epoch:
+                    break
+                sat_x, drone_x, labels = sat_x.to(device), drone_x.to(device), labels.to(device)
+                with torch.autocast(device.type, enabled=use_amp):
+                    out_all = net(torch.cat([sat_x, drone_x]))
+                    n = len(labels)
+                    both = torch.cat([labels, labels])
+                    ce = branch_cross_entropy(out_all.logits, both)
+                    metric = sum(_metric_loss(cfg, f[n:].float(), f[:n].float(), labels) for f in out_all.features)
+                    metric = metric / len(out_all.features)
+                    loss = cfg.ce_weight * ce + cfg.metric_weight * metric
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                acc = sum((l.argmax(1) == both).float().mean() for l in out_all.logits) / len(out_all.logits)
+                sums += [loss.item(), ce.item(), metric.item(), acc.item()]
+                progress.update(task, advance=1, loss=sums[0] / (step + 1))
+                if writer and step % cfg.log_every == 0:
+                    gstep = epoch * steps_per_epoch + step
+                    writer.add_scalar("loss/total", loss.item(), gstep)
+                    writer.add_scalar("loss/ce", ce.item(), gstep)
+                    writer.add_scalar("loss/metric", metric.item(), gstep)
+            sched.step()
+            means = sums / steps_per_epoch
+            history.append(float(means[0]))
+            if rank == 0:
+                csv_writer.writerow([epoch + 1, steps_per_epoch, *(f"{v:.5f}" for v in means),
+                                     f"{opt.param_groups[1]['lr']:.6f}", f"{time.time() - t0:.1f}"])
+                csv_file.flush()
+                save_checkpoint(ckpt_path, model, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                                epoch=epoch, config=cfg.model_dump(), classes=dataset.classes, loss=history)
+    if csv_file:
+        csv_file.close()
+    if writer:
+        writer.close()
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return {"checkpoint": str(ckpt_path), "loss": history, "classes": dataset.num_classes,
+            "seconds": time.time() - t0, "world_size": world}
+
+
+def _metric_loss(cfg: TrainConfig, f_drone, f_sat, labels):
+    if cfg.loss == "infonce":
+        return info_nce(f_drone, f_sat, labels, labels, cfg.temperature)
+    return cross_view_triplet(f_drone, f_sat, labels, labels, cfg.margin)
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional; the CSV log always exists
+        return None
+    return SummaryWriter(str(out / "tb"))
