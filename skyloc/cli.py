@@ -109,6 +109,301 @@ def build_engine(
     console.print(f"engine: {path}")
 
 
+def _parse_footprints(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SkylocError(f"--footprint {text!r}: give metres, comma-separated (e.g. 150,250)") from None
+    if not vals or min(vals) <= 0:
+        raise SkylocError(f"--footprint {text!r}: give positive metres")
+    return vals
+
+
+@app.command("synth-map")
+def synth_map(
+    out: Path = typer.Argument(..., help="GeoTIFF to write"),
+    size: int = typer.Option(2048, help="pixels per side"),
+    gsd: float = typer.Option(1.0, help="metres per pixel"),
+    seed: int = typer.Option(0, help="layout seed"),
+    season: str = typer.Option("summer", help="summer | autumn (same layout, other colours)"),
+    lat: float = typer.Option(47.4, help="centre latitude"),
+    lon: float = typer.Option(8.5, help="centre longitude"),
+) -> None:
+    """Write a procedural georeferenced orthophoto (roads, buildings, fields, trees, water)."""
+    from skyloc.synth.world import generate, write_geotiff
+
+    path = write_geotiff(generate(size, gsd, seed, season, lat, lon), out)
+    console.print(f"wrote {path}: {size}x{size} px, {size * gsd / 1000:.2f} km, {gsd} m/px, seed {seed}, {season}")
+
+
+@app.command("make-pairs")
+def make_pairs_cmd(
+    map_path: Path = typer.Argument(..., help="Georeferenced orthophoto (GeoTIFF)"),
+    out_dir: Path = typer.Argument(..., help="Folder for the University-1652-style layout"),
+    classes: int = typer.Option(200, help="places to sample"),
+    views: int = typer.Option(12, help="drone views per place"),
+    test_fraction: float = typer.Option(0.3, help="share of places for test/ (disjoint)"),
+    altitude: str = typer.Option("120,180", help="min,max drone altitude (m)"),
+    yaw_range: float = typer.Option(15.0, help="+- heading error after derotation (deg)"),
+    pitch_max: float = typer.Option(15.0, help="largest camera tilt from nadir (deg)"),
+    hfov: float = typer.Option(60.0, help="camera horizontal FOV (deg)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Cut satellite tiles and render drone views of the same places, with a locations CSV."""
+    from rich.progress import Progress
+
+    from skyloc.synth.pairs import PairsConfig, make_pairs
+
+    lo, hi = (float(v) for v in altitude.split(","))
+    cfg = PairsConfig(classes=classes, views=views, test_fraction=test_fraction, altitude=(lo, hi),
+                      yaw_range=yaw_range, pitch_max=pitch_max, hfov=hfov, seed=seed)
+    with Progress(console=console) as p:
+        task = p.add_task("places", total=classes)
+        s = make_pairs(map_path, out_dir, cfg, progress=lambda n: p.advance(task, n))
+    console.print(f"{out_dir}: {s['train']} train + {s['test']} test places, {s['views']} drone views each, "
+                  f"tiles {s['tile_m']:.0f} m; locations in {out_dir / 'locations.csv'}")
+
+
+@app.command()
+def train(
+    model: Optional[str] = typer.Option(None, "--model", help="Registered model name (skyloc models)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (University-1652 / SUES-200 / folder)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML recipe (configs/)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (checkpoints, logs)"),
+    epochs: Optional[int] = typer.Option(None, help="Override the recipe's epochs"),
+    batch_size: Optional[int] = typer.Option(None, help="Classes per batch"),
+    height: Optional[str] = typer.Option(None, help="SUES-200 height"),
+    loss: Optional[str] = typer.Option(None, help="triplet | infonce"),
+    backbone_weights: Optional[Path] = typer.Option(None, help="Local ImageNet weights (offline)"),
+    pretrained: Optional[bool] = typer.Option(None, "--pretrained/--no-pretrained", help="ImageNet weights via timm"),
+    max_steps: Optional[int] = typer.Option(None, help="Cap steps per epoch (smoke runs)"),
+    workers: Optional[int] = typer.Option(None, help="Data loader workers"),
+    resume: bool = typer.Option(True, "--resume/--restart", help="Continue from OUT/last.pt if present"),
+) -> None:
+    """Train a network (CE per branch + cross-view triplet or InfoNCE). Multi-GPU: torchrun."""
+    from skyloc.train.config import TrainConfig
+    from skyloc.train.trainer import train as run_train
+
+    overrides = dict(model=model, data=str(data) if data else None, out=str(out) if out else None, epochs=epochs,
+                     batch_size=batch_size, height=height, loss=loss, pretrained=pretrained, max_steps=max_steps,
+                     backbone_weights=str(backbone_weights) if backbone_weights else None, workers=workers)
+    if config:
+        cfg = TrainConfig.from_yaml(config, **overrides)
+    else:
+        cfg = TrainConfig.parse({k: v for k, v in overrides.items() if v is not None}, "command line")
+    r = run_train(cfg, resume=resume, console=console)
+    if r["loss"]:
+        console.print(f"checkpoint {r['checkpoint']}: {r['classes']} classes, loss {r['loss'][0]:.3f} -> "
+                      f"{r['loss'][-1]:.3f}, {r['seconds']:.0f} s, log {Path(cfg.out) / 'log.csv'}")
+    else:
+        console.print(f"{r['checkpoint']} already finished all {cfg.epochs} epochs")
+
+
+@app.command()
+def evaluate(
+    ckpt: Path = typer.Argument(..., help="Checkpoint"),
+    data: Path = typer.Option(..., "--data", help="Dataset root with test/ (or Testing/<h>/)"),
+    height: Optional[str] = typer.Option(None, help="SUES-200 height; 'all' for every height"),
+    robustness: bool = typer.Option(False, "--robustness", help="Rotation and shift sweeps"),
+    figure: Optional[Path] = typer.Option(None, "--figure", help="Write a top-5 retrieval figure (PNG)"),
+    no_flip: bool = typer.Option(False, "--no-flip", help="Skip flip averaging"),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+) -> None:
+    """R@1/5/10, R@1%, AP for drone->satellite and satellite->drone, both protocols."""
+    from skyloc.models.checkpoint import load_model
+    from skyloc.train.datasets import SUES_HEIGHTS
+    from skyloc.train.evaluate import evaluate as run_eval, retrieval_figure, robustness as run_rob
+
+    model, _ = load_model(ckpt)
+    heights = list(SUES_HEIGHTS) if height == "all" else [height]
+    table = Table("dataset", "task", "protocol", "R@1", "R@5", "R@10", "R@1%", "AP", "queries", "gallery")
+    for h in heights:
+        for r in run_eval(model, data, device, flip=not no_flip, height=h):
+            table.add_row(r["dataset"], r["task"], r["protocol"], *(f"{r[k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@1%", "AP")),
+                          str(r["queries"]), str(r["gallery"]))
+    console.print(table)
+    if robustness:
+        t = Table("perturbation (drone queries)", "R@1", "AP")
+        for r in run_rob(model, data, device):
+            t.add_row(r["perturbation"], f"{r['R@1']:.2f}", f"{r['AP']:.2f}")
+        console.print(t)
+    if figure:
+        console.print(f"figure: {retrieval_figure(model, data, figure, device=device)}")
+
+
+@app.command("build-cache")
+def build_cache_cmd(
+    map_path: Path = typer.Argument(..., help="GeoTIFF of the area"),
+    model: Path = ModelOpt,
+    out: Path = typer.Option(..., "--out", "-o", help="Cache directory to write (AREA.cache)"),
+    footprint: str = typer.Option("170", help="Tile footprints in metres, one per scale band: 120,170,250"),
+    overlap: float = typer.Option(0.75, help="Overlap between neighbouring tiles (0..0.95)"),
+    batch_size: int = typer.Option(32),
+    shard: Optional[str] = typer.Option(None, help="I/N: build only shard I of N (merge with merge-cache)"),
+    backend: str = BackendOpt,
+) -> None:
+    """Embed every tile of a map into a cache (windowed reads, resumable, shardable)."""
+    from rich.progress import Progress
+
+    from skyloc.runtime.cache import build_cache
+    from skyloc.runtime.embedder import create_embedder
+
+    sh = None
+    if shard:
+        try:
+            i, n = (int(v) for v in shard.split("/"))
+        except ValueError:
+            raise SkylocError(f"--shard {shard!r}: write it as I/N, e.g. 0/4") from None
+        sh = (i, n)
+    if not 0 <= overlap < 0.95:
+        raise SkylocError(f"--overlap {overlap}: use a value from 0 to 0.95")
+    emb = create_embedder(model, backend)
+    with Progress(console=console) as p:
+        task = p.add_task("tiles", total=None)
+        path = build_cache(map_path, emb, out, _parse_footprints(footprint), overlap, batch_size, sh,
+                           progress=lambda d, n: p.update(task, completed=d, total=n))
+    if (path / "manifest.json").is_file():
+        import json
+
+        m = json.loads((path / "manifest.json").read_text())
+        console.print(f"{path}: {m['tiles']} tiles, {m['embedding_dim']}-d, footprints {m['footprints_m']} m, "
+                      f"model {m['model_name']} ({m['model_fingerprint']})")
+
+
+@app.command("merge-cache")
+def merge_cache_cmd(
+    shards: list[Path] = typer.Argument(..., help="Shard caches (all N of them)"),
+    out: Path = typer.Option(..., "--out", "-o"),
+) -> None:
+    """Merge shard caches built with --shard I/N into one cache."""
+    from skyloc.runtime.cache import merge_caches
+
+    path = merge_caches(shards, out)
+    console.print(f"merged {len(shards)} shards into {path}")
+
+
+def _open_localizer(model: Path, cache: Path, backend: str, map_path: Optional[Path], refine: bool, use_filter: bool,
+                    hfov: float, pitch: float = 0.0):
+    from skyloc.runtime.cache import TileCache
+    from skyloc.runtime.embedder import create_embedder
+    from skyloc.runtime.localizer import Localizer, LocalizerConfig
+
+    emb = create_embedder(model, backend)
+    tc = TileCache.load(cache, emb.meta)
+    cfg = LocalizerConfig(refine=refine, use_filter=use_filter, hfov_deg=hfov, camera_pitch_deg=pitch)
+    return Localizer(emb, tc, cfg, map_path=map_path)
+
+
+@app.command()
+def localize(
+    image: Path = typer.Argument(..., help="A nadir camera frame"),
+    model: Path = ModelOpt,
+    cache: Path = CacheOpt,
+    yaw: Optional[float] = typer.Option(None, help="Heading when the frame was taken (deg from north)"),
+    alt: Optional[float] = typer.Option(None, help="Altitude above ground (m): picks the scale band"),
+    hfov: float = typer.Option(60.0, help="Camera horizontal FOV (deg)"),
+    map_path: Optional[Path] = typer.Option(None, "--map", help="The cache's GeoTIFF (for refinement)"),
+    refine: bool = typer.Option(True, "--refine/--no-refine"),
+    backend: str = BackendOpt,
+    as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON"),
+) -> None:
+    """One frame -> position estimate."""
+    import json
+
+    from skyloc.runtime.preprocess import load_image
+
+    loc = _open_localizer(model, cache, backend, map_path, refine, False, hfov)
+    est = loc.locate(load_image(image), yaw_deg=yaw, altitude_m=alt)
+    if as_json:
+        console.print_json(json.dumps(est.to_dict(), default=float))
+        return
+    if est.has_position:
+        console.print(f"{est.status}: lat {est.lat:.6f} lon {est.lon:.6f} +- {est.horizontal_accuracy:.0f} m, "
+                      f"confidence {est.confidence:.2f}, {'refined' if est.refined else 'retrieval only'}, "
+                      f"best tile {est.best_tiles[0]} score {est.best_score:.3f}, {est.latency_ms['total']:.0f} ms")
+    else:
+        console.print(f"no fix (best score {est.best_score:.3f}) {est.message}")
+
+
+@app.command()
+def replay(
+    video: str = typer.Argument(..., help="Video file or image folder (URI)"),
+    model: Path = ModelOpt,
+    cache: Path = CacheOpt,
+    telemetry: Optional[Path] = typer.Option(None, help="CSV (time,lat,lon,alt,yaw), DJI .srt or .gpx"),
+    out: Path = typer.Option(Path("replay_out"), "--out", "-o", help="Folder for track, report and plots"),
+    mavlink: Optional[str] = typer.Option(None, help="Also stream estimates to this peer (e.g. udpout:127.0.0.1:14550)"),
+    outputs: str = typer.Option("gps_input", help="MAVLink outputs, comma-separated"),
+    map_path: Optional[Path] = typer.Option(None, "--map", help="The cache's GeoTIFF (refinement, plot)"),
+    hfov: float = typer.Option(60.0, help="Camera horizontal FOV (deg)"),
+    pitch: float = typer.Option(0.0, help="Camera tilt forward from nadir (deg)"),
+    refine: bool = typer.Option(True, "--refine/--no-refine"),
+    use_filter: bool = typer.Option(True, "--filter/--no-filter"),
+    backend: str = BackendOpt,
+) -> None:
+    """Run a recorded flight through the pipeline: track (CSV/GeoJSON/KML), errors, plots."""
+    from rich.progress import Progress
+
+    from skyloc.runtime.replay import replay as run_replay
+    from skyloc.runtime.telemetry import load_telemetry
+
+    loc = _open_localizer(model, cache, backend, map_path, refine, use_filter, hfov, pitch)
+    tel = load_telemetry(telemetry) if telemetry else None
+    link = None
+    if mavlink:
+        from skyloc.runtime.mavlink import MavlinkLink
+
+        link = MavlinkLink(mavlink, tuple(o.strip() for o in outputs.split(","))).start()
+    try:
+        with Progress(console=console) as p:
+            task = p.add_task("frames", total=None)
+            res = run_replay(video, loc, tel, out, mavlink=link, realtime=link is not None,
+                             progress=lambda r: p.advance(task))
+    finally:
+        if link:
+            link.close()
+    _print_report(res.report)
+    console.print("wrote " + ", ".join(res.files.values()))
+
+
+def _print_report(rep: dict) -> None:
+    t = Table("figure", "value")
+    t.add_row("frames", str(rep["frames"]))
+    t.add_row("ok / low-confidence / no-fix", f"{rep['ok']} / {rep['low_confidence']} / {rep['no_fix']}")
+    t.add_row("availability of ok fixes", f"{rep['availability_ok']:.1%}")
+    for key, label in (("error_ok", "ok fixes"), ("error_all", "all fixes")):
+        e = rep.get(key)
+        if e:
+            t.add_row(f"error, {label}: median / p90 / max", f"{e['median_m']:.1f} / {e['p90_m']:.1f} / {e['max_m']:.1f} m")
+            t.add_row(f"{label} within 10 / 25 / 50 m", f"{e['within_10m']:.0%} / {e['within_25m']:.0%} / {e['within_50m']:.0%}")
+    if "ok_far_off" in rep:
+        t.add_row("ok fixes off by more than a tile", f"{rep['ok_far_off']} ({rep['ok_far_off_share']:.1%})")
+    t.add_row("median latency", f"{rep['latency_ms_median']:.0f} ms")
+    console.print(t)
+
+
+@app.command()
+def run(config: Path = typer.Option(..., "--config", help="Daemon YAML (configs/skyloc.example.yaml)")) -> None:
+    """The onboard daemon: camera -> estimates -> MAVLink, until SIGTERM."""
+    from skyloc.runtime.daemon import run_daemon
+
+    _logging("info")
+    raise typer.Exit(run_daemon(config))
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo_out"), "--out", "-o"),
+    epochs: int = typer.Option(10, help="Training epochs (CPU)"),
+    flight_s: float = typer.Option(60.0, help="Flight length (s)"),
+) -> None:
+    """Everything end to end on a synthetic world: train, export, verify, cache, fly, replay, MAVLink."""
+    from skyloc.demo import run_demo
+
+    _logging("warning")
+    run_demo(out, epochs=epochs, flight_s=flight_s, console=console)
+
+
 def main() -> None:
     """Entry point: user errors print one line, not a traceback."""
     try:

@@ -60,6 +60,7 @@ class Estimate:
 class LocalizerConfig:
     top_k: int = 10
     hfov_deg: float = 60.0  # camera horizontal field of view
+    camera_pitch_deg: float = 0.0  # camera tilt forward from nadir (gimbal/mount)
     refine: bool = True
     use_filter: bool = True
     ok_confidence: float = 0.6
@@ -122,7 +123,13 @@ class Localizer:
 
     # -- main -----------------------------------------------------------------------------------
     def locate(self, frame_rgb: np.ndarray, t: float | None = None, yaw_deg: float | None = None,
-               altitude_m: float | None = None) -> Estimate:
+               altitude_m: float | None = None, pitch_deg: float | None = None) -> Estimate:
+        """Estimate the drone's position from one frame.
+
+        yaw_deg: heading (clockwise from north); altitude_m: above ground; pitch_deg: camera tilt
+        forward from nadir (default: the configured mount tilt). The frame centre looks
+        altitude*tan(pitch) ahead of the drone; that offset is removed from the fix.
+        """
         t = time.time() if t is None else float(t)
         lat_ms: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -174,6 +181,10 @@ class Localizer:
                     est.refined, est.inliers, verified = True, r.inliers, True
                     break
         lat_ms["refine"] = (time.perf_counter() - t3) * 1e3
+        pitch = self.cfg.camera_pitch_deg if pitch_deg is None else pitch_deg
+        if altitude_m and pitch and yaw_deg is not None:
+            ahead = altitude_m * math.tan(math.radians(pitch))
+            centre = centre - ahead * np.array([math.sin(math.radians(yaw_deg)), math.cos(math.radians(yaw_deg))])
 
         t4 = time.perf_counter()
         # A geometric check (homography inliers) is what earns "ok"; retrieval alone caps at

@@ -14,7 +14,7 @@ from skyloc.errors import SkylocError
 from skyloc.runtime.preprocess import DataConfig, load_image
 from skyloc.train.predict import to_tensor
 
-IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".webp"}
+from skyloc.runtime.preprocess import IMAGE_EXT
 SUES_HEIGHTS = ("150", "200", "250", "300")
 
 

@@ -1,0 +1,88 @@
+"""The daemon's YAML config, validated with pydantic: an error names the field and the file."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from skyloc.errors import SkylocError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CameraConfig(_Strict):
+    hfov_deg: float = Field(60.0, gt=1, lt=179, description="horizontal field of view of the camera")
+    mount_yaw_deg: float = Field(0.0, description="camera yaw relative to the airframe's nose")
+    pitch_deg: float = Field(0.0, ge=0, lt=60, description="camera tilt forward from nadir (gimbal setting)")
+
+
+class LocalizerSettings(_Strict):
+    top_k: int = Field(10, ge=1)
+    refine: bool = True
+    use_filter: bool = True
+    ok_confidence: float = Field(0.6, ge=0, le=1)
+    low_confidence: float = Field(0.3, ge=0, le=1)
+    faiss: bool = False
+
+
+class MavlinkConfig(_Strict):
+    url: str = Field("udpout:127.0.0.1:14550", description="pymavlink connection string, e.g. /dev/ttyTHS1")
+    baud: int = 921600
+    outputs: list[Literal["gps_input", "odometry", "vision_position", "global_position"]] = ["gps_input"]
+    gps_rate_hz: float = Field(5.0, ge=5.0, description=">= 5: ArduPilot marks GPS_INPUT unhealthy under 4 Hz")
+    system_id: int = Field(1, ge=1, le=255)
+    component_id: int = Field(191, ge=1, le=255)
+    signing_key: Optional[str] = Field(None, description="hex or passphrase for MAVLink 2 signing")
+    origin: Optional[tuple[float, float, float]] = Field(None, description="lat, lon, alt of local NED")
+
+
+class LogConfig(_Strict):
+    dir: str = "skyloc-logs"
+    frames_csv: bool = True
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class DaemonConfig(_Strict):
+    model: str = Field(..., description=".onnx or .engine file")
+    backend: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
+    precision: Literal["fp32", "fp16", "int8"] = "fp16"
+    engine_cache: str = Field("engines", description="writable folder for TensorRT engines built on first start")
+    cache: str = Field(..., description="tile cache directory")
+    map: Optional[str] = Field(None, description="the cache's GeoTIFF, for refinement (default: manifest path)")
+    source: str = Field(..., description="video URI: file, folder, v4l2://, csi://, rtsp://, gst://")
+    max_fps: float = Field(5.0, gt=0)
+    camera: CameraConfig = CameraConfig()
+    localizer: LocalizerSettings = LocalizerSettings()
+    mavlink: Optional[MavlinkConfig] = MavlinkConfig()
+    log: LogConfig = LogConfig()
+    status_file: str = Field("skyloc-status.json", description="health/status JSON, rewritten every frame")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DaemonConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise SkylocError(f"config not found: {p} (see configs/skyloc.example.yaml)")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SkylocError(f"{p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        try:
+            cfg = cls(**data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(x) for x in err["loc"])
+            raise SkylocError(f"{p}: field '{field}': {err['msg']}") from None
+        base = p.resolve().parent  # relative paths in the file are relative to the file
+        for name in ("model", "cache", "map", "engine_cache", "status_file"):
+            v = getattr(cfg, name)
+            if v and "://" not in v and not Path(v).is_absolute():
+                setattr(cfg, name, str(base / v))
+        if "://" not in cfg.source and not Path(cfg.source).is_absolute():
+            cfg.source = str(base / cfg.source)
+        if not Path(cfg.log.dir).is_absolute():
+            cfg.log.dir = str(base / cfg.log.dir)
+        return cfg

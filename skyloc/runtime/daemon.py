@@ -1,0 +1,167 @@
+"""The onboard daemon: capture, inference and MAVLink on their own threads.
+
+It keeps running through a camera that drops out, corrupt frames, an error on one frame and a
+MAVLink peer that goes away; it stops cleanly on SIGTERM/SIGINT or when a file source ends.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from skyloc.errors import SkylocError
+from skyloc.runtime.cache import TileCache
+from skyloc.runtime.config import DaemonConfig
+from skyloc.runtime.embedder import create_embedder
+from skyloc.runtime.localizer import NO_FIX, Estimate, Localizer, LocalizerConfig
+from skyloc.runtime.sources import LatestFrame
+
+log = logging.getLogger("skyloc.daemon")
+
+
+class Daemon:
+    def __init__(self, cfg: DaemonConfig):
+        self.cfg = cfg
+        self.stop_event = threading.Event()
+        self.frames = 0
+        self.errors = 0
+        self.last: Estimate | None = None
+        self.state = "starting"
+        log.info("loading model %s (backend %s)", cfg.model, cfg.backend)
+        self.embedder = create_embedder(cfg.model, cfg.backend, engine_cache=cfg.engine_cache, precision=cfg.precision)
+        self.cache = TileCache.load(cfg.cache, self.embedder.meta)
+        ls = cfg.localizer
+        self.localizer = Localizer(
+            self.embedder, self.cache,
+            LocalizerConfig(top_k=ls.top_k, refine=ls.refine, use_filter=ls.use_filter, hfov_deg=cfg.camera.hfov_deg,
+                            camera_pitch_deg=cfg.camera.pitch_deg,
+                            ok_confidence=ls.ok_confidence, low_confidence=ls.low_confidence),
+            map_path=cfg.map, use_faiss=ls.faiss)
+        self.link = None
+        if cfg.mavlink is not None:
+            from skyloc.runtime.mavlink import MavlinkLink
+
+            m = cfg.mavlink
+            key = None
+            if m.signing_key:
+                key = bytes.fromhex(m.signing_key) if _is_hex32(m.signing_key) else hashlib.sha256(m.signing_key.encode()).digest()
+            self.link = MavlinkLink(m.url, m.outputs, m.gps_rate_hz, m.system_id, m.component_id, m.origin, key,
+                                    baud=m.baud).start()
+        self.log_dir = Path(cfg.log.dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._csv_file = None
+        if cfg.log.frames_csv:
+            path = self.log_dir / f"frames-{time.strftime('%Y%m%d-%H%M%S')}.csv"
+            self._csv_file = open(path, "w", newline="")
+            self._csv = csv.writer(self._csv_file)
+            self._csv.writerow(["wall_time", "frame", "status", "lat", "lon", "accuracy_m", "confidence", "refined",
+                                "yaw", "alt", "latency_ms", "message"])
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum, _frame):
+            log.info("signal %d: shutting down", signum)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def write_status(self, camera: LatestFrame | None) -> None:
+        e = self.last
+        status = {
+            "state": self.state, "time": time.time(), "frames": self.frames, "errors": self.errors,
+            "camera_connected": bool(camera and camera.connected), "frames_dropped": camera.dropped if camera else 0,
+            "estimate": None if e is None else {"status": e.status, "lat": e.lat if e.has_position else None,
+                                                "lon": e.lon if e.has_position else None,
+                                                "accuracy_m": e.horizontal_accuracy if e.has_position else None,
+                                                "confidence": e.confidence, "latency_ms": e.latency_ms.get("total")},
+            "mavlink": None if self.link is None else {"autopilot_alive": self.link.stats.autopilot_alive,
+                                                       "sent": self.link.stats.sent,
+                                                       "link_losses": self.link.stats.link_losses},
+        }
+        p = Path(self.cfg.status_file)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status))
+        os.replace(tmp, p)
+
+    def run(self) -> int:
+        camera = LatestFrame(self.cfg.source)
+        self.state = "running"
+        period = 1.0 / self.cfg.max_fps
+        log.info("running: source %s, %d tiles, outputs %s", self.cfg.source, len(self.cache),
+                 self.cfg.mavlink.outputs if self.cfg.mavlink else "none")
+        try:
+            while not self.stop_event.is_set():
+                t_start = time.time()
+                frame = camera.get(timeout=1.0)
+                if frame is None:
+                    if camera.ended:
+                        log.info("source %s ended", self.cfg.source)
+                        self.state = "source ended"
+                        break
+                    self._publish(Estimate(time.time(), NO_FIX, message="no camera frame"), None, None)
+                    self.write_status(camera)
+                    continue
+                self.frames += 1
+                tel = self.link.telemetry if self.link else None
+                yaw = None
+                if tel is not None and tel.yaw_deg is not None:
+                    yaw = (tel.yaw_deg + self.cfg.camera.mount_yaw_deg) % 360
+                alt = tel.altitude_agl if tel is not None else None
+                if frame.image is None:
+                    est = Estimate(time.time(), NO_FIX, message="corrupt frame")
+                else:
+                    try:
+                        est = self.localizer.locate(frame.image, time.time(), yaw, alt)
+                    except Exception as exc:  # one bad frame must not stop the daemon
+                        self.errors += 1
+                        log.error("frame %d failed: %s", frame.index, exc)
+                        est = Estimate(time.time(), NO_FIX, message=f"error: {exc}")
+                self._publish(est, yaw, alt)
+                self.write_status(camera)
+                self.stop_event.wait(max(0.0, period - (time.time() - t_start)))
+        finally:
+            self.state = "stopped" if self.state == "running" else self.state
+            camera.close()
+            self.write_status(camera)
+            if self.link is not None:
+                self.link.close()
+            if self._csv_file:
+                self._csv_file.close()
+        log.info("stopped after %d frames (%d errors)", self.frames, self.errors)
+        return 0
+
+    def _publish(self, est: Estimate, yaw, alt) -> None:
+        if self.link is not None:
+            self.link.publish(est)
+        if self.last is None or est.status != self.last.status:
+            log.info("status %s%s", est.status, f" ({est.message})" if est.message else "")
+        self.last = est
+        if self._csv_file:
+            self._csv.writerow([f"{time.time():.3f}", self.frames, est.status, f"{est.lat:.8f}", f"{est.lon:.8f}",
+                                f"{est.horizontal_accuracy:.1f}", f"{est.confidence:.3f}", int(est.refined),
+                                "" if yaw is None else f"{yaw:.1f}", "" if alt is None else f"{alt:.1f}",
+                                f"{est.latency_ms.get('total', math.nan):.1f}", est.message])
+            self._csv_file.flush()
+
+
+def _is_hex32(s: str) -> bool:
+    try:
+        return len(bytes.fromhex(s)) == 32
+    except ValueError:
+        return False
+
+
+def run_daemon(config_path: str | Path) -> int:
+    cfg = DaemonConfig.load(config_path)
+    logging.getLogger("skyloc").setLevel(cfg.log.level.upper())
+    daemon = Daemon(cfg)
+    daemon.install_signal_handlers()
+    return daemon.run()

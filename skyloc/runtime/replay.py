@@ -1,0 +1,206 @@
+"""Replay a recorded flight through the onboard pipeline: track, errors, plots, optional MAVLink.
+
+Writes track.csv, track.geojson, track.kml, report.json and, with ground truth, error plots.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from skyloc.runtime.localizer import NO_FIX, OK, Estimate, Localizer
+from skyloc.runtime.sources import open_source
+from skyloc.runtime.telemetry import TelemetryTrack
+
+log = logging.getLogger("skyloc.replay")
+
+
+@dataclass
+class ReplayRow:
+    frame: int
+    est: Estimate
+    truth_lat: float = math.nan
+    truth_lon: float = math.nan
+    error_m: float = math.nan
+    yaw: float = math.nan
+    alt: float = math.nan
+
+
+@dataclass
+class ReplayResult:
+    rows: list[ReplayRow] = field(default_factory=list)
+    report: dict = field(default_factory=dict)
+    files: dict = field(default_factory=dict)
+
+
+def error_report(rows: list[ReplayRow], footprint_m: float) -> dict:
+    """Median/p90/max error, share within 10/25/50 m, availability of ok fixes, ok-but-far-off share."""
+    n = len(rows)
+    status = np.array([r.est.status for r in rows])
+    err = np.array([r.error_m for r in rows])
+    ok = status == OK
+    rep = {"frames": n, "ok": int(ok.sum()), "low_confidence": int((status == "low-confidence").sum()),
+           "no_fix": int((status == NO_FIX).sum()), "availability_ok": float(ok.mean()) if n else 0.0,
+           "footprint_m": footprint_m}
+    lat = [r.est.latency_ms.get("total", math.nan) for r in rows if r.est.latency_ms]
+    rep["latency_ms_median"] = float(np.nanmedian(lat)) if lat else math.nan
+    if np.isfinite(err).any():
+        for name, mask in (("ok", ok & np.isfinite(err)), ("all", np.isfinite(err))):
+            e = err[mask]
+            if e.size:
+                rep[f"error_{name}"] = {
+                    "median_m": float(np.median(e)), "p90_m": float(np.percentile(e, 90)), "max_m": float(e.max()),
+                    "within_10m": float(np.mean(e <= 10)), "within_25m": float(np.mean(e <= 25)),
+                    "within_50m": float(np.mean(e <= 50)), "count": int(e.size)}
+        far = ok & np.isfinite(err) & (err > footprint_m)
+        rep["ok_far_off"] = int(far.sum())
+        rep["ok_far_off_share"] = float(far.sum() / max(1, ok.sum()))
+    return rep
+
+
+def replay(video: str, localizer: Localizer, telemetry: TelemetryTrack | None = None, out_dir: str | Path | None = None,
+           mavlink=None, realtime: bool = False, progress=None, max_frames: int | None = None) -> ReplayResult:
+    """Run every frame of `video` through the localizer (with telemetry yaw/alt when given)."""
+    source = open_source(video)
+    res = ReplayResult()
+    start_wall = time.time()
+    geod = localizer.cache.geodesy
+    try:
+        for frame in source:
+            if max_frames is not None and frame.index >= max_frames:
+                break
+            tel = telemetry.at(frame.timestamp) if telemetry is not None else None
+            yaw = tel.yaw if tel is not None and math.isfinite(tel.yaw) else None
+            alt = tel.alt if tel is not None and math.isfinite(tel.alt) else None
+            if realtime:  # recorded pace, so a SITL peer sees what it would in flight
+                time.sleep(max(0.0, start_wall + frame.timestamp - time.time()))
+            if frame.image is None:
+                est = Estimate(frame.timestamp, NO_FIX, message="corrupt frame")
+            else:
+                est = localizer.locate(frame.image, frame.timestamp, yaw, alt)
+            row = ReplayRow(frame.index, est, yaw=yaw if yaw is not None else math.nan,
+                            alt=alt if alt is not None else math.nan)
+            if tel is not None and math.isfinite(tel.lat):
+                row.truth_lat, row.truth_lon = tel.lat, tel.lon
+                if est.has_position:
+                    tx, ty = geod.from_latlon(tel.lat, tel.lon)
+                    row.error_m = float(math.hypot(est.x - tx, est.y - ty))
+            res.rows.append(row)
+            if mavlink is not None:
+                if realtime:
+                    est.time = time.time()
+                mavlink.publish(est)
+            if progress:
+                progress(row)
+    finally:
+        source.close()
+    res.report = error_report(res.rows, float(np.median(localizer.cache.footprints_m)))
+    if out_dir is not None:
+        res.files = write_outputs(res, Path(out_dir), localizer)
+    return res
+
+
+def write_outputs(res: ReplayResult, out: Path, localizer: Localizer) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"csv": out / "track.csv", "geojson": out / "track.geojson", "kml": out / "track.kml",
+             "report": out / "report.json"}
+    with open(files["csv"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["frame", "time", "status", "lat", "lon", "horizontal_accuracy_m", "confidence", "refined",
+                    "best_score", "truth_lat", "truth_lon", "error_m", "latency_ms"])
+        for r in res.rows:
+            e = r.est
+            w.writerow([r.frame, f"{e.time:.3f}", e.status, f"{e.lat:.8f}", f"{e.lon:.8f}",
+                        f"{e.horizontal_accuracy:.1f}", f"{e.confidence:.3f}", int(e.refined), f"{e.best_score:.4f}",
+                        f"{r.truth_lat:.8f}", f"{r.truth_lon:.8f}", f"{r.error_m:.1f}",
+                        f"{e.latency_ms.get('total', math.nan):.1f}"])
+    feats = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [r.est.lon, r.est.lat]},
+              "properties": {"frame": r.frame, "time": r.est.time, "status": r.est.status,
+                             "accuracy_m": r.est.horizontal_accuracy, "error_m": None if math.isnan(r.error_m) else r.error_m}}
+             for r in res.rows if r.est.has_position]
+    ok_line = [[r.est.lon, r.est.lat] for r in res.rows if r.est.status == OK]
+    if len(ok_line) > 1:
+        feats.append({"type": "Feature", "geometry": {"type": "LineString", "coordinates": ok_line},
+                      "properties": {"name": "ok fixes"}})
+    truth = [[r.truth_lon, r.truth_lat] for r in res.rows if math.isfinite(r.truth_lat)]
+    if len(truth) > 1:
+        feats.append({"type": "Feature", "geometry": {"type": "LineString", "coordinates": truth},
+                      "properties": {"name": "ground truth"}})
+    files["geojson"].write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
+    coords = " ".join(f"{lon:.8f},{lat:.8f},0" for lon, lat in ok_line)
+    truth_coords = " ".join(f"{lon:.8f},{lat:.8f},0" for lon, lat in truth)
+    files["kml"].write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<kml xmlns="http://www.opengis.net/kml/2.2"><Document>'
+        '<name>skyloc replay</name>'
+        f'<Placemark><name>estimated (ok fixes)</name><LineString><coordinates>{coords}</coordinates></LineString></Placemark>'
+        + (f'<Placemark><name>ground truth</name><LineString><coordinates>{truth_coords}</coordinates></LineString></Placemark>'
+           if truth else "") + "</Document></kml>\n")
+    files["report"].write_text(json.dumps(res.report, indent=2))
+    files.update(plot_replay(res, out, localizer))
+    return {k: str(v) for k, v in files.items()}
+
+
+def plot_replay(res: ReplayResult, out: Path, localizer: Localizer) -> dict:
+    """track.png (estimates over the map, coloured by status) and errors.png (error/confidence vs time)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    geod = localizer.cache.geodesy
+    colours = {OK: "tab:green", "low-confidence": "tab:orange"}
+    files = {}
+    fig, ax = plt.subplots(figsize=(7, 7))
+    pts = [(geod.from_latlon(r.est.lat, r.est.lon), r.est.status) for r in res.rows if r.est.has_position]
+    truth = np.array([geod.from_latlon(r.truth_lat, r.truth_lon) for r in res.rows if math.isfinite(r.truth_lat)])
+    allxy = np.array([p for p, _ in pts] + list(truth)) if pts or truth.size else np.zeros((0, 2))
+    if localizer.map is not None and allxy.size:
+        pad = 200.0
+        x0, y0 = allxy.min(0) - pad
+        x1, y1 = allxy.max(0) + pad
+        side = max(x1 - x0, y1 - y0)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        img = localizer.map.read_window(cx, cy, side, 800)
+        ax.imshow(img, extent=(cx - side / 2, cx + side / 2, cy - side / 2, cy + side / 2), alpha=0.8)
+    if truth.size:
+        ax.plot(truth[:, 0], truth[:, 1], "-", color="white", lw=3)
+        ax.plot(truth[:, 0], truth[:, 1], "-", color="black", lw=1.2, label="ground truth")
+    for status, c in colours.items():
+        xy = np.array([p for p, s in pts if s == status])
+        if xy.size:
+            ax.scatter(xy[:, 0], xy[:, 1], s=14, c=c, label=status, edgecolors="black", linewidths=0.3)
+    ax.ticklabel_format(useOffset=False, style="plain")
+    ax.set_title("skyloc replay: estimated track")
+    ax.set_xlabel("east (m)")
+    ax.set_ylabel("north (m)")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    files["track_plot"] = out / "track.png"
+    fig.savefig(files["track_plot"], dpi=100)
+    plt.close(fig)
+
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
+    t = np.array([r.est.time for r in res.rows])
+    err = np.array([r.error_m for r in res.rows])
+    status = np.array([r.est.status for r in res.rows])
+    for s, c in colours.items():
+        m = status == s
+        a1.scatter(t[m], err[m], s=10, c=c, label=s)
+    a1.set_yscale("symlog", linthresh=10)
+    a1.set_ylabel("error (m)")
+    a1.legend(fontsize=8)
+    a2.plot(t, [r.est.confidence for r in res.rows], color="tab:blue")
+    a2.set_ylabel("confidence")
+    a2.set_xlabel("time (s)")
+    a2.set_ylim(0, 1.02)
+    fig.tight_layout()
+    files["error_plot"] = out / "errors.png"
+    fig.savefig(files["error_plot"], dpi=100)
+    plt.close(fig)
+    return files

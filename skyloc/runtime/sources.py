@@ -1,0 +1,201 @@
+"""Video sources named by URI (jetson-inference style).
+
+    path/to/video.mp4 | file://path     a video file (replayed at its own pace, every frame)
+    path/to/folder/                      a folder of images, in name order
+    v4l2:///dev/video0                   a V4L2 camera
+    csi://0                              a Jetson CSI camera (GStreamer nvarguscamerasrc)
+    rtsp://host/stream                   an RTSP stream
+    gst://<pipeline ending in appsink>   a raw GStreamer pipeline
+
+Live sources hand the localizer the newest frame (`LatestFrame`): stale frames are dropped,
+not queued, and a lost camera is reopened.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from skyloc.errors import SkylocError
+from skyloc.runtime.preprocess import IMAGE_EXT
+
+log = logging.getLogger("skyloc.sources")
+
+
+@dataclass
+class Frame:
+    image: np.ndarray | None  # RGB uint8, or None for a frame that could not be decoded
+    index: int
+    timestamp: float  # seconds: media time for files, wall clock for live sources
+
+
+class Source:
+    live = False
+
+    def read(self) -> Frame | None:
+        """The next frame, or None at the end of the source."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __iter__(self):
+        while True:
+            f = self.read()
+            if f is None:
+                return
+            yield f
+
+
+class CaptureSource(Source):
+    """Anything OpenCV's VideoCapture opens (files, V4L2, RTSP, GStreamer pipelines)."""
+
+    def __init__(self, target, live: bool, backend: int = cv2.CAP_ANY, name: str = ""):
+        self.target, self.backend, self.live, self.name = target, backend, live, name or str(target)
+        self.cap = None
+        self.index = 0
+        self.open()
+
+    def open(self) -> None:
+        self.cap = cv2.VideoCapture(self.target, self.backend)
+        if not self.cap.isOpened():
+            raise SkylocError(f"cannot open video source {self.name}: check the URI, the device and "
+                              "that OpenCV has the backend (GStreamer for csi:// and gst://)")
+        self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 0.0
+
+    def read(self) -> Frame | None:
+        ok, bgr = self.cap.read()
+        if not ok:
+            return None
+        ts = time.time() if self.live else (self.cap.get(cv2.CAP_PROP_POS_MSEC) / 1e3 or self.index / (self.fps or 1))
+        self.index += 1
+        return Frame(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), self.index - 1, ts)
+
+    def close(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+
+
+class FolderSource(Source):
+    """Images in name order; a file that does not decode yields a Frame with image=None."""
+
+    def __init__(self, folder: Path, fps: float = 1.0):
+        self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXT)
+        if not self.files:
+            raise SkylocError(f"image folder {folder} has no images ({', '.join(sorted(IMAGE_EXT))})")
+        self.fps, self.index = fps, 0
+
+    def read(self) -> Frame | None:
+        if self.index >= len(self.files):
+            return None
+        p = self.files[self.index]
+        bgr = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if bgr is not None else None
+        if img is None:
+            log.warning("skipping corrupt image %s", p)
+        self.index += 1
+        return Frame(img, self.index - 1, (self.index - 1) / self.fps)
+
+
+def csi_pipeline(sensor: int, width: int = 1280, height: int = 720, fps: int = 30) -> str:
+    return (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),width={width},height={height},"
+            f"framerate={fps}/1 ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
+            "appsink drop=true max-buffers=1")
+
+
+def open_source(uri: str) -> Source:
+    """Open a source by URI (see the module docstring)."""
+    if uri.startswith("csi://"):
+        return CaptureSource(csi_pipeline(int(uri[6:] or 0)), True, cv2.CAP_GSTREAMER, uri)
+    if uri.startswith("gst://"):
+        return CaptureSource(uri[6:], True, cv2.CAP_GSTREAMER, uri)
+    if uri.startswith("v4l2://"):
+        dev = uri[7:]
+        return CaptureSource(dev, True, cv2.CAP_V4L2, uri)
+    if uri.startswith(("rtsp://", "rtsps://", "http://", "https://")):
+        return CaptureSource(uri, True, cv2.CAP_FFMPEG, uri)
+    path = Path(uri[7:] if uri.startswith("file://") else uri)
+    if path.is_dir():
+        return FolderSource(path)
+    if not path.is_file():
+        raise SkylocError(f"video source not found: {uri} (a file, a folder, v4l2://, csi://, rtsp:// or gst://)")
+    return CaptureSource(str(path), False, cv2.CAP_ANY, uri)
+
+
+class LatestFrame:
+    """Runs a live source on its own thread and keeps only the newest frame.
+
+    The localizer takes whatever is newest when it is ready; frames in between are dropped. When
+    the camera stops delivering, the source is reopened with a growing back-off.
+    """
+
+    def __init__(self, uri: str, reconnect_s: float = 1.0, opener=open_source):
+        self.uri, self.reconnect_s, self.opener = uri, reconnect_s, opener
+        self._lock = threading.Condition()
+        self._frame: Frame | None = None
+        self._seq = 0
+        self._stop = threading.Event()
+        self.dropped = 0
+        self.reconnects = 0
+        self.connected = False
+        self.source = opener(uri)
+        self.connected = True
+        self.ended = False
+        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        backoff = self.reconnect_s
+        start = time.time()
+        while not self._stop.is_set():
+            try:
+                f = self.source.read()
+            except Exception as exc:  # a driver error is a dropped camera, not a crash
+                log.warning("camera %s error: %s", self.uri, exc)
+                f = None
+            if f is None:
+                self.connected = False
+                if not self.source.live:
+                    self.ended = True
+                    with self._lock:
+                        self._lock.notify_all()
+                    return
+                self.source.close()
+                log.warning("camera %s lost; reconnecting in %.1f s", self.uri, backoff)
+                if self._stop.wait(backoff):
+                    return
+                try:
+                    self.source = self.opener(self.uri)
+                    self.connected, backoff = True, self.reconnect_s
+                    self.reconnects += 1
+                    log.info("camera %s reconnected", self.uri)
+                except SkylocError:
+                    backoff = min(backoff * 2, 10.0)
+                continue
+            if not self.source.live:  # a file plays at its recorded pace, like a camera would
+                if self._stop.wait(max(0.0, start + f.timestamp - time.time())):
+                    return
+            with self._lock:
+                if self._frame is not None:
+                    self.dropped += 1
+                self._frame = f
+                self._seq += 1
+                self._lock.notify_all()
+
+    def get(self, timeout: float = 1.0) -> Frame | None:
+        """The newest frame not handed out before, or None after `timeout` (or at the end)."""
+        with self._lock:
+            if self._frame is None and not self.ended:
+                self._lock.wait(timeout)
+            f, self._frame = self._frame, None
+            return f
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.source.close()

@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from skyloc.errors import SkylocError
+from skyloc.models import create_model, list_models
+
+SMALL = ["mlr_convnext_atto", "mift_tiny"]
+
+
+def test_registry_lists_both_families_and_rejects_unknown_names():
+    names = list_models()
+    assert {"mlr_convnext_tiny", "mift_small", *SMALL} <= set(names)
+    with pytest.raises(SkylocError, match="unknown model 'resnet50'"):
+        create_model("resnet50")
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_same_api_on_every_model(name):
+    torch.manual_seed(0)
+    m = create_model(name, num_classes=7).eval()
+    c, h, w = m.data_config.input_size
+    x = torch.randn(3, c, h, w)
+    out = m(x)
+    assert len(out.logits) == len(out.features) == m.num_branches
+    assert all(l.shape == (3, 7) for l in out.logits)
+    e = m.embed(x)
+    assert e.shape == (3, m.embed_dim)
+    torch.testing.assert_close(e.norm(dim=1), torch.ones(3))  # unit descriptor
+    # each branch contributes 1/sqrt(K) of the length
+    k, d = m.num_branches, m.bottleneck_dim
+    torch.testing.assert_close(e[:, :d].norm(dim=1), torch.full((3,), 1 / k**0.5))
+
+
+def test_paper_variants_match_the_papers_sizes():
+    from skyloc.models.profile import profile_model
+
+    mlr = profile_model(create_model("mlr_convnext_tiny", num_classes=701))
+    mift = profile_model(create_model("mift_small", num_classes=701))
+    assert mlr["input"] == "256x256" and mift["input"] == "224x224"
+    assert 27 < mlr["backbone_params_m"] < 29.5  # ConvNeXt-T 28.6M with its ImageNet head
+    assert 29 < mift["backbone_params_m"] < 31.5  # CrossFormer-S 30.7M
+    assert 4.5 < mift["gmacs"] < 5.5  # CrossFormer-S 4.9G
+    assert mlr["embed_dim"] == 1024 and mift["embed_dim"] == 2048
+
+
+def test_mlr_fusion_scalars_start_at_one_half():
+    m = create_model("mlr_convnext_atto", num_classes=3)
+    assert m.alpha.item() == pytest.approx(0.5) and m.beta.item() == pytest.approx(0.5)
+    assert m.alpha.requires_grad and m.beta.requires_grad
+
+
+def test_heat_partition_groups_tokens_by_heat():
+    from skyloc.models.mift import heat_partition
+
+    tokens = torch.tensor([[[3.0, 3.0], [1.0, 1.0], [5.0, 5.0], [0.0, 0.0], [4.0, 4.0], [2.0, 2.0]]])
+    parts = heat_partition(tokens, 3)
+    assert [p[0, 0].item() for p in parts] == [0.5, 2.5, 4.5]  # coolest pair, middle, hottest
+
+
+def test_local_backbone_weights_load_and_wrong_files_are_refused(tmp_path):
+    src = create_model("mlr_convnext_atto", num_classes=3)
+    torch.save(src.backbone.state_dict(), tmp_path / "convnext_atto.pth")
+    dst = create_model("mlr_convnext_atto", num_classes=3, backbone_weights=str(tmp_path / "convnext_atto.pth"))
+    for k, v in src.backbone.state_dict().items():
+        torch.testing.assert_close(dst.backbone.state_dict()[k], v)
+    torch.save(create_model("mift_tiny", num_classes=3).backbone.state_dict(), tmp_path / "other.pth")
+    with pytest.raises(SkylocError, match="matches only"):
+        create_model("mlr_convnext_atto", num_classes=3, backbone_weights=str(tmp_path / "other.pth"))
+    with pytest.raises(SkylocError, match="not found"):
+        create_model("mlr_convnext_atto", num_classes=3, backbone_weights=str(tmp_path / "missing.pth"))
+
+
+def test_mift_pretrained_names_the_offline_path():
+    with pytest.raises(SkylocError, match="--backbone-weights"):
+        create_model("mift_small", pretrained=True)
