@@ -101,16 +101,32 @@ class GeoMap:
         return (x - t.c) / t.a, (y - t.f) / t.e
 
     def read_window(self, x: float, y: float, size_m: float, out_px: int | None = None) -> np.ndarray:
-        """North-up RGB uint8 square of `size_m` metres centred on (x, y); outside the map is black."""
+        """North-up RGB uint8 square of `size_m` metres centred on (x, y); outside the map is black.
+
+        The part inside the map is read (resampled to the output scale) and pasted into a black
+        canvas, which also works for reprojected (WarpedVRT) maps that refuse boundless reads.
+        """
+        from rasterio.enums import Resampling
         from rasterio.windows import Window
 
         side = size_m / self.gsd
-        col, row = self.xy_to_pixel(x, y)
-        win = Window(col - side / 2, row - side / 2, side, side)
         n = int(round(side)) if out_px is None else int(out_px)
-        data = self.ds.read([1, 2, 3], window=win, out_shape=(3, n, n), boundless=True, fill_value=0,
-                            resampling=__import__("rasterio").enums.Resampling.bilinear)
-        return np.ascontiguousarray(np.transpose(data, (1, 2, 0))).astype(np.uint8, copy=False)
+        scale = n / side  # output pixels per map pixel
+        col, row = self.xy_to_pixel(x, y)
+        c0, r0 = col - side / 2, row - side / 2
+        cc0, rr0 = max(0.0, c0), max(0.0, r0)
+        cc1, rr1 = min(float(self.width), c0 + side), min(float(self.height), r0 + side)
+        out = np.zeros((n, n, 3), np.uint8)
+        if cc1 <= cc0 or rr1 <= rr0:
+            return out
+        ox0, oy0 = int(round((cc0 - c0) * scale)), int(round((rr0 - r0) * scale))
+        ox1, oy1 = min(n, int(round((cc1 - c0) * scale))), min(n, int(round((rr1 - r0) * scale)))
+        if ox1 <= ox0 or oy1 <= oy0:
+            return out
+        data = self.ds.read([1, 2, 3], window=Window(cc0, rr0, cc1 - cc0, rr1 - rr0),
+                            out_shape=(3, oy1 - oy0, ox1 - ox0), resampling=Resampling.bilinear)
+        out[oy0:oy1, ox0:ox1] = np.transpose(data, (1, 2, 0)).astype(np.uint8, copy=False)
+        return out
 
     def read_all(self, max_pixels: int = 16_000 * 16_000) -> np.ndarray:
         """The whole map as RGB uint8 [H,W,3] (for rendering training views)."""

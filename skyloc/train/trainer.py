@@ -94,7 +94,7 @@ def train(cfg: TrainConfig, resume: bool = True, console=None) -> dict:
     if csv_writer and new_csv:
         csv_writer.writerow(["epoch", "step", "loss", "ce", "metric", "accuracy", "lr", "seconds"])
     steps_per_epoch = min(len(loader), cfg.max_steps or len(loader))
-    history = []
+    history: list[float] = list(state.get("loss", [])) if state is not None else []  # mean loss per epoch
     progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(),
                         console=console, disable=rank != 0)
