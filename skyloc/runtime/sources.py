@@ -84,7 +84,7 @@ class CaptureSource(Source):
 class FolderSource(Source):
     """Images in name order; a file that does not decode yields a Frame with image=None."""
 
-    def __init__(self, folder: Path, fps: float = 1.0):
+    def __init__(self, folder: Path, fps: float = 5.0):
         self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXT)
         if not self.files:
             raise SkylocError(f"image folder {folder} has no images ({', '.join(sorted(IMAGE_EXT))})")
