@@ -55,6 +55,9 @@ class OnnxEmbedder:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
             opts.intra_op_num_threads = threads
+        # Idle ORT threads would otherwise spin and steal the cores that matching, SIFT and
+        # MAVLink need right after each frame.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         provider_args = []
         for p in chosen:
             if p == "TensorrtExecutionProvider":

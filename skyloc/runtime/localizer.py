@@ -223,7 +223,8 @@ class Localizer:
     def _refine_in(self, query, tile_index: int, fp: float, m_per_px: float | None):
         tile = self.cache.tiles[tile_index]
         size = 1.6 * fp
-        px = int(min(800, max(256, size / (m_per_px or self.cache.manifest["gsd_m"]))))
+        # the map patch at about the frame's (shrunk) scale, at most 512 px: SIFT cost grows with area
+        px = int(min(512, max(256, size / (m_per_px or self.cache.manifest["gsd_m"]))))
         patch = self.map.read_window(float(tile["x"]), float(tile["y"]), size, px)
         origin = (float(tile["x"]) - size / 2, float(tile["y"]) + size / 2)
         r = self.refiner.refine(query, patch, origin, size / px, m_per_px)

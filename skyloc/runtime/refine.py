@@ -21,14 +21,20 @@ class Refinement:
 
 
 class Refiner:
-    def __init__(self, min_inliers: int = 20, min_ratio: float = 0.25, features: int = 1500):
+    def __init__(self, min_inliers: int = 20, min_ratio: float = 0.25, features: int = 1000, max_side: int = 384):
         self.sift = cv2.SIFT_create(nfeatures=features)
+        self.max_side = max_side  # frames are matched at most this large: SIFT time grows with area
         self.matcher = cv2.BFMatcher(cv2.NORM_L2)
         self.min_inliers, self.min_ratio = min_inliers, min_ratio
 
     def refine(self, query_rgb: np.ndarray, map_rgb: np.ndarray, map_origin_xy: tuple[float, float],
                map_m_per_px: float, expected_m_per_px: float | None = None) -> Refinement | None:
         """Locate the query's centre in a north-up map patch whose top-left pixel is at map_origin_xy."""
+        shrink = min(1.0, self.max_side / max(query_rgb.shape[:2]))
+        if shrink < 1.0:
+            query_rgb = cv2.resize(query_rgb, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
+            if expected_m_per_px:
+                expected_m_per_px /= shrink
         gq = cv2.cvtColor(query_rgb, cv2.COLOR_RGB2GRAY)
         gm = cv2.cvtColor(map_rgb, cv2.COLOR_RGB2GRAY)
         kq, dq = self.sift.detectAndCompute(gq, None)

@@ -1,0 +1,34 @@
+"""Replay a recorded flight with telemetry and print the error report.
+
+    python examples/replay_flight.py flight.mp4 flight.csv model.onnx area.cache replay_out
+"""
+import argparse
+from pathlib import Path
+
+from skyloc.runtime.cache import TileCache
+from skyloc.runtime.embedder import create_embedder
+from skyloc.runtime.localizer import Localizer
+from skyloc.runtime.replay import replay
+from skyloc.runtime.telemetry import load_telemetry
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("video")
+    ap.add_argument("telemetry", type=Path, help="CSV (time,lat,lon,alt,yaw), DJI .srt or .gpx")
+    ap.add_argument("model", type=Path)
+    ap.add_argument("cache", type=Path)
+    ap.add_argument("out", type=Path)
+    args = ap.parse_args(argv)
+    embedder = create_embedder(args.model)
+    loc = Localizer(embedder, TileCache.load(args.cache, embedder.meta))
+    res = replay(args.video, loc, load_telemetry(args.telemetry), args.out)
+    rep = res.report
+    err = rep.get("error_ok", {})
+    print(f"{rep['frames']} frames, ok {rep['availability_ok']:.0%}, median error of ok fixes "
+          f"{err.get('median_m', float('nan')):.1f} m; plots in {args.out}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
