@@ -25,6 +25,7 @@ from skyloc.export.onnx_export import export_onnx  # noqa: E402
 from skyloc.models.checkpoint import load_model  # noqa: E402
 from skyloc.runtime.cache import TileCache, build_cache  # noqa: E402
 from skyloc.runtime.embedder import OnnxEmbedder  # noqa: E402
+from skyloc.runtime.geo import crop_geotiff  # noqa: E402
 from skyloc.runtime.localizer import Localizer, LocalizerConfig  # noqa: E402
 from skyloc.runtime.replay import replay  # noqa: E402
 from skyloc.runtime.telemetry import load_telemetry  # noqa: E402
@@ -86,29 +87,14 @@ def synthetic(out: Path, epochs: int) -> None:
                 out / "fB_autumn.csv", emb, cache, fcfg.pitch)
 
 
-def crop(src: Path, dst: Path, x0: float, x1: float) -> Path:
-    """Write the columns [x0, x1) (fractions of the width) of a GeoTIFF as RGB."""
-    import rasterio
-    from rasterio.windows import Window
-
-    with rasterio.open(src) as s:
-        c0, c1 = int(s.width * x0), int(s.width * x1)
-        win = Window(c0, 0, c1 - c0, s.height)
-        prof = s.profile.copy()
-        prof.update(width=c1 - c0, height=s.height, count=3, transform=s.window_transform(win), photometric="RGB")
-        with rasterio.open(dst, "w", **prof) as d:
-            d.write(s.read([1, 2, 3], window=win))
-    return dst
-
-
 def naip(out: Path, epochs: int) -> None:
     if not NAIP.is_dir():
         print("\n== NAIP: skipped (../shared/data/naip is absent) ==")
         return
     print("\n== NAIP 5 m/px, Minnesota: train west 2009, evaluate east 2020 (other region, other date) ==")
     alt = (330.0, 420.0)  # 5 m/px imagery: fly high enough that a frame covers ~80 map pixels
-    west = crop(NAIP / "naip_20090818.tif", out / "naip2009_west.tif", 0.0, 0.6)
-    east = crop(NAIP / "naip_20200831.tif", out / "naip2020_east.tif", 0.6, 1.0)
+    west = crop_geotiff(NAIP / "naip_20090818.tif", out / "naip2009_west.tif", 0.0, 0.6)
+    east = crop_geotiff(NAIP / "naip_20200831.tif", out / "naip2020_east.tif", 0.6, 1.0)
     make_pairs(west, out / "naip_train", PairsConfig(classes=120, views=8, test_fraction=0.0, altitude=alt, seed=1))
     make_pairs(east, out / "naip_test", PairsConfig(classes=40, views=4, test_fraction=1.0, altitude=alt, seed=2))
     ckpt = train_small(out / "naip_train", out / "run_naip", epochs)
@@ -119,8 +105,8 @@ def naip(out: Path, epochs: int) -> None:
                   f"(chance {100 / r['gallery']:.1f}%)")
     export_onnx(model, out / "naip.onnx")
     emb = OnnxEmbedder(out / "naip.onnx")
-    map2015 = crop(NAIP / "naip_20150926.tif", out / "naip2015.tif", 0.0, 1.0)
-    map2020 = crop(NAIP / "naip_20200831.tif", out / "naip2020.tif", 0.0, 1.0)
+    map2015 = crop_geotiff(NAIP / "naip_20150926.tif", out / "naip2015.tif", 0.0, 1.0)
+    map2020 = crop_geotiff(NAIP / "naip_20200831.tif", out / "naip2020.tif", 0.0, 1.0)
     fp = 2 * np.mean(alt) * np.tan(np.radians(30))
     cache = TileCache.load(build_cache(map2015, emb, out / "naip2015.cache", [fp], overlap=0.75), emb.meta)
     fcfg = FlightConfig(duration_s=120, fps=1.0, speed=15.0, altitude=float(np.mean(alt)), seed=4)

@@ -139,3 +139,22 @@ class GeoMap:
         if self.ds is not self._src:
             self.ds.close()
         self._src.close()
+
+
+def crop_geotiff(src: str | Path, dst: str | Path, x0: float, x1: float, y0: float = 0.0, y1: float = 1.0) -> Path:
+    """Write a sub-rectangle (fractions of width/height) of a GeoTIFF as an RGB GeoTIFF.
+
+    Used to split one image into training and evaluation regions.
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    dst = Path(dst)
+    with rasterio.open(src) as s:
+        c0, c1, r0, r1 = int(s.width * x0), int(s.width * x1), int(s.height * y0), int(s.height * y1)
+        win = Window(c0, r0, c1 - c0, r1 - r0)
+        prof = s.profile.copy()
+        prof.update(width=c1 - c0, height=r1 - r0, count=3, transform=s.window_transform(win), photometric="RGB")
+        with rasterio.open(dst, "w", **prof) as d:
+            d.write(s.read([1, 2, 3], window=win))
+    return dst

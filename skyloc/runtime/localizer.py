@@ -71,7 +71,8 @@ class LocalizerConfig:
     accel: float = 3.0  # filter motion noise, m/s^2
     refine_candidates: int = 3  # distinct top places tried by the geometric check
     start_confidence: float = 0.9  # unverified retrieval confidence that may start a track
-    track_confidence: float = 0.5  # unverified retrieval confidence that is "ok" when on track
+    track_confidence: float = 0.5  # unverified retrieval confidence that is "ok" on a verified track
+    verified_track_s: float = 10.0  # how long a geometric check vouches for the track
 
 
 class Localizer:
@@ -82,6 +83,7 @@ class Localizer:
         self.matcher = Matcher(cache, use_faiss=use_faiss)
         self.filter = ConstantVelocityFilter(self.cfg.accel, self.cfg.gate_chi2)
         self.rejections = 0
+        self.last_verified: float | None = None  # time of the last geometrically verified fix on track
         self.map = None
         self.refiner = None
         if self.cfg.refine:
@@ -97,6 +99,7 @@ class Localizer:
     def reset(self) -> None:
         self.filter.reset()
         self.rejections = 0
+        self.last_verified = None
 
     # -- helpers --------------------------------------------------------------------------------
     def _band(self, ground_m: float | None) -> int | None:
@@ -152,7 +155,9 @@ class Localizer:
         t2 = time.perf_counter()
         band = self._band(ground_m)
         band_fp = self.cache.footprints_m[band] if band is not None else self.cache.footprints_m[0]
-        tracking = self.cfg.use_filter and self.filter.initialized
+        # Search only around the track while a geometric check confirmed it recently: an unverified
+        # track searched only around itself could confirm itself forever at a wrong place.
+        tracking = self.cfg.use_filter and self.filter.initialized and self._verified_recently(t)
         window = None
         if tracking:
             pred, cov = self.filter.peek(t)
@@ -232,24 +237,31 @@ class Localizer:
             return r
         return None
 
+    def _verified_recently(self, t: float) -> bool:
+        return self.last_verified is not None and t - self.last_verified <= self.cfg.verified_track_s
+
     def _filter(self, t, centre, sigma, status, est, verified: bool, retrieval_conf: float):
         f = self.filter
         if not f.initialized:
             if verified or retrieval_conf >= self.cfg.start_confidence:  # only a sure fix starts a track
                 f.init(t, centre, sigma)
+                self.last_verified = t if verified else None
                 est.message = "track started"
             return status, centre, sigma
         f.predict(t)
         if status != NO_FIX and f.update(centre, sigma):
             self.rejections = 0
-            if verified or retrieval_conf >= self.cfg.track_confidence:
-                status = OK  # consistent with the track and distinctive enough
+            if verified:
+                self.last_verified = t
+            elif retrieval_conf >= self.cfg.track_confidence and self._verified_recently(t):
+                status = OK  # consistent with a recently verified track and distinctive enough
         else:
             if status != NO_FIX:
                 self.rejections += 1
                 est.message = f"fix rejected by the filter gate ({self.rejections} in a row)"
                 if self.rejections >= self.cfg.lost_after:
                     f.reset()
+                    self.last_verified = None
                     self.rejections = 0
                     est.message = "track lost: searching the whole map"
                     return (NO_FIX, centre, sigma)
