@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -18,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import median_ms  # noqa: E402
 from skyloc.runtime.cache import TILE_DTYPE, TileCache  # noqa: E402
 from skyloc.runtime.matcher import Matcher  # noqa: E402
 
@@ -44,16 +45,6 @@ def fake_cache(root: Path, n: int, dim: int, footprint: float = 170.0) -> Path:
     return path
 
 
-def timed(fn, repeat: int) -> float:
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--dim", type=int, default=512, help="descriptor size (mlr_convnext_atto: 512)")
@@ -78,16 +69,14 @@ def main() -> None:
             index_ms = (time.perf_counter() - t0) * 1e3
             q = np.asarray(cache.embeddings[n // 2], np.float32)
             x, y = float(cache.tiles["x"][n // 2]), float(cache.tiles["y"][n // 2])
-            brute = timed(lambda: matcher.search(q, 10), args.repeat)
+            brute = median_ms(lambda: matcher.search(q, 10), args.repeat)
             win = matcher.search(q, 10, window=(x, y, 2.5 * 170))
-            window = timed(lambda: matcher.search(q, 10, window=(x, y, 2.5 * 170)), args.repeat)
+            window = median_ms(lambda: matcher.search(q, 10, window=(x, y, 2.5 * 170)), args.repeat)
             fa = float("nan")
             if have_faiss:
                 fm = Matcher(cache, use_faiss=True)
-                fa = timed(lambda: fm.search(q, 10), args.repeat)
-                del fm
+                fa = median_ms(lambda: fm.search(q, 10), args.repeat)
             rows.append((n, load_ms, index_ms, brute, window, win.searched, fa))
-            del matcher, cache
     print(f"matching, {args.dim}-d descriptors, top-10, median of {args.repeat} (ms)")
     print(f"{'tiles':>9} {'load':>8} {'to f32':>8} {'numpy':>8} {'window':>8} {'(tiles)':>8} {'faiss':>8} {'numpy/window':>13}")
     for n, load, idx, b, w, searched, fa in rows:

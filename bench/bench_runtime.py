@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import median_ms  # noqa: E402
 from skyloc.export.onnx_export import export_onnx  # noqa: E402
 from skyloc.models import create_model  # noqa: E402
 from skyloc.runtime.cache import TileCache, build_cache  # noqa: E402
@@ -25,16 +27,6 @@ from skyloc.runtime.embedder import OnnxEmbedder  # noqa: E402
 from skyloc.runtime.localizer import Localizer, LocalizerConfig  # noqa: E402
 from skyloc.synth.render import Camera, render_view  # noqa: E402
 from skyloc.synth.world import generate, write_geotiff  # noqa: E402
-
-
-def median_ms(fn, repeat: int) -> float:
-    fn()
-    ts = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3
 
 
 def main() -> None:

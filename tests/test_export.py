@@ -112,3 +112,16 @@ def test_cli_export_then_verify_and_clear_errors(tmp_path):
     assert r.returncode == 2 and "not mift_tiny" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(skyloc + ["verify", str(tmp_path / "nope.onnx"), str(tmp_path / "m.pt")], capture_output=True, text=True)
     assert r.returncode == 2 and "model not found" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("name", ["mlr_convnext_tiny", "mift_small"])
+def test_paper_sized_variants_export_and_match(tmp_path, name):
+    """The paper-sized networks export too (MIFT's grouped attention is plain reshape/permute)."""
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=701).eval()
+    export_onnx(model, tmp_path / f"{name}.onnx")
+    x = torch.randn(2, *model.data_config.input_size)
+    with torch.no_grad():
+        ref = model.embed(x).numpy()
+    got = OnnxEmbedder(tmp_path / f"{name}.onnx").embed_tensor(x.numpy())
+    assert np.abs(got - ref).max() <= 1e-4

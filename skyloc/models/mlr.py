@@ -10,7 +10,6 @@ import math
 import timm
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from skyloc.models.base import CrossViewModel
 from skyloc.models.registry import register_model

@@ -4,10 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from skyloc.errors import SkylocError
+from skyloc.configfile import read_yaml, validate
 
 
 class _Strict(BaseModel):
@@ -64,18 +63,7 @@ class DaemonConfig(_Strict):
     @classmethod
     def load(cls, path: str | Path) -> "DaemonConfig":
         p = Path(path)
-        if not p.is_file():
-            raise SkylocError(f"config not found: {p} (see configs/skyloc.example.yaml)")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise SkylocError(f"{p} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        try:
-            cfg = cls(**data)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(x) for x in err["loc"])
-            raise SkylocError(f"{p}: field '{field}': {err['msg']}") from None
+        cfg = validate(cls, read_yaml(p, "see configs/skyloc.example.yaml"), str(p))
         base = p.resolve().parent  # relative paths in the file are relative to the file
         for name in ("model", "cache", "map", "engine_cache", "status_file"):
             v = getattr(cfg, name)

@@ -16,7 +16,6 @@ import threading
 import time
 from pathlib import Path
 
-from skyloc.errors import SkylocError
 from skyloc.runtime.cache import TileCache
 from skyloc.runtime.config import DaemonConfig
 from skyloc.runtime.embedder import create_embedder

@@ -4,10 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from skyloc.errors import SkylocError
+from skyloc.configfile import read_yaml, validate
 
 
 class TrainConfig(BaseModel):
@@ -42,21 +41,10 @@ class TrainConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> "TrainConfig":
-        p = Path(path)
-        if not p.is_file():
-            raise SkylocError(f"config not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise SkylocError(f"{p} is not valid YAML: {exc}") from None
+        data = read_yaml(path)
         data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.parse(data, str(p))
+        return cls.parse(data, str(path))
 
     @classmethod
     def parse(cls, data: dict, source: str = "config") -> "TrainConfig":
-        try:
-            return cls(**data)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(x) for x in err["loc"])
-            raise SkylocError(f"{source}: field '{field}': {err['msg']}") from None
+        return validate(cls, data, source)
