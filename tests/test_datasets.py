@@ -86,3 +86,17 @@ def test_evaluate_runs_both_tasks_and_protocols(tmp_path):
         ("drone->satellite", "full gallery"), ("drone->satellite", "distractor-free"),
         ("satellite->drone", "full gallery"), ("satellite->drone", "distractor-free")]
     assert rows[0]["gallery"] == 3 and rows[1]["gallery"] == 2  # the distractor class is dropped
+
+
+def test_robustness_sweeps_cover_rotation_shift_and_size(tmp_path):
+    from skyloc.train.evaluate import robustness
+
+    _u1652(tmp_path)
+    model = create_model("mlr_convnext_atto", 3)
+    rows = robustness(model, tmp_path)
+    names = [r["perturbation"] for r in rows]
+    # the papers' 10/20 px shifts at 256 px become 5/10 px at this model's 128 px input
+    assert names[:6] == ["none", "rotate 90 deg", "rotate 180 deg", "shift 5px black", "shift 10px black",
+                         "shift 10px flip"]
+    assert any(n.startswith("input 96px") for n in names) and any(n.startswith("input 160px") for n in names)
+    assert model.data_config.height == 128  # restored

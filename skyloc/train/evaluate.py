@@ -1,6 +1,7 @@
 """Evaluation: both directions, two protocols, SUES-200 heights, robustness sweeps, a figure."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -69,15 +70,24 @@ def shift(px: int, padding: str = "black"):
 
 
 def robustness(model: CrossViewModel, data: str | Path, device: str = "cpu") -> list[dict]:
-    """Drone->satellite R@1/AP under query rotation and shifts (the papers' sweeps)."""
+    """Drone->satellite R@1/AP under query rotation, shifts and other input sizes (the papers' sweeps)."""
     size = model.data_config.height
     sweeps = [None, rotate(90), rotate(180), shift(int(10 * size / 256)), shift(int(20 * size / 256)),
               shift(int(20 * size / 256), "flip")]
+    task = {"drone->satellite": TASKS["drone->satellite"]}
     rows = []
     for t in sweeps:
-        r = evaluate(model, data, device, flip=False, query_transform=t,
-                     tasks={"drone->satellite": TASKS["drone->satellite"]})[0]
+        r = evaluate(model, data, device, flip=False, query_transform=t, tasks=task)[0]
         rows.append({"perturbation": t.__name__ if t else "none", "R@1": r["R@1"], "AP": r["AP"]})
+    native = model.data_config
+    try:
+        for factor in (0.75, 1.25):  # both views at another input size
+            s = int(round(size * factor / 32) * 32)
+            model.data_config = replace(native, input_size=(3, s, s))
+            r = evaluate(model, data, device, flip=False, tasks=task)[0]
+            rows.append({"perturbation": f"input {s}px (native {size})", "R@1": r["R@1"], "AP": r["AP"]})
+    finally:
+        model.data_config = native
     return rows
 
 
