@@ -136,6 +136,30 @@ def synth_map(
     console.print(f"wrote {path}: {size}x{size} px, {size * gsd / 1000:.2f} km, {gsd} m/px, seed {seed}, {season}")
 
 
+@app.command("synth-flight")
+def synth_flight(
+    map_path: Path = typer.Argument(..., help="GeoTIFF to fly over"),
+    video: Path = typer.Argument(..., help="MP4 to write"),
+    telemetry: Path = typer.Option(..., "--telemetry", help="CSV to write (time, lat, lon, alt, yaw)"),
+    duration: float = typer.Option(60.0, help="seconds"),
+    fps: float = typer.Option(2.0),
+    altitude: float = typer.Option(150.0, help="metres above ground"),
+    speed: float = typer.Option(12.0, help="m/s"),
+    pitch: float = typer.Option(5.0, help="camera tilt forward from nadir (deg)"),
+    hfov: float = typer.Option(60.0),
+    size: int = typer.Option(320, help="frame pixels per side"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Render a flight over a map: a video and its telemetry with ground truth (for replay)."""
+    from skyloc.synth.flight import FlightConfig, render_flight
+
+    cfg = FlightConfig(duration_s=duration, fps=fps, speed=speed, altitude=altitude, pitch=pitch, hfov=hfov,
+                       frame_px=size, seed=seed)
+    r = render_flight(map_path, video, telemetry, cfg)
+    console.print(f"wrote {r['video']} ({r['frames']} frames at {fps} fps) and {r['telemetry']}; replay with "
+                  f"--pitch {pitch} --hfov {hfov}")
+
+
 @app.command("make-pairs")
 def make_pairs_cmd(
     map_path: Path = typer.Argument(..., help="Georeferenced orthophoto (GeoTIFF)"),

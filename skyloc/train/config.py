@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from skyloc.configfile import read_yaml, validate
 
@@ -38,6 +38,15 @@ class TrainConfig(BaseModel):
     max_steps: Optional[int] = Field(None, description="stop each epoch after this many steps (smoke tests)")
     log_every: int = 10
     device: str = "auto"
+
+    @field_validator("model")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from skyloc.models import is_model, list_models
+
+        if not is_model(name):
+            raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+        return name
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> "TrainConfig":
