@@ -80,7 +80,8 @@ def detect_layout(root: str | Path, height: str | None = None) -> Layout:
 
 
 def augment(img: np.ndarray, rng: random.Random, size: int, rotate: float = 0.0, erase: float = 0.0) -> np.ndarray:
-    """Pad-and-crop, flip, small rotation, colour jitter and random erasing (numpy/OpenCV)."""
+    """Pad-and-crop, flip, small rotation, colour jitter (hue, saturation, per-channel gain, brightness,
+    contrast) and random erasing (numpy/OpenCV)."""
     img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
     pad = size // 16
     img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REFLECT)
@@ -91,7 +92,13 @@ def augment(img: np.ndarray, rng: random.Random, size: int, rotate: float = 0.0,
     if rotate:
         m = cv2.getRotationMatrix2D((size / 2, size / 2), rng.uniform(-rotate, rotate), 1.0)
         img = cv2.warpAffine(np.ascontiguousarray(img), m, (size, size), borderMode=cv2.BORDER_REFLECT)
-    f = img.astype(np.float32) * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20)
+    if rng.random() < 0.5:  # hue and saturation shifts: seasons and sensors change colours, not layout
+        hsv = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2HSV).astype(np.int16)
+        hsv[..., 0] = (hsv[..., 0] + rng.randint(-12, 12)) % 180
+        hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.6, 1.3), 0, 255)
+        img = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+    f = img.astype(np.float32) * np.asarray([rng.uniform(0.85, 1.15) for _ in range(3)], np.float32)
+    f = f * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20)
     f = (f - f.mean()) * rng.uniform(0.8, 1.2) + f.mean()
     img = np.clip(f, 0, 255).astype(np.uint8)
     if erase and rng.random() < erase:
