@@ -1,6 +1,7 @@
 """Training: the loss falls, retrieval on an unseen map beats chance, resume works, DDP runs."""
 import csv
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -65,7 +66,10 @@ def test_shipped_recipes_parse():
 def test_torchrun_ddp_on_cpu(tmp_path, pairs):
     """torchrun --nproc_per_node 2 with gloo: both ranks train, rank 0 writes the checkpoint."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "skyloc.cli", "train", "--model", "mift_tiny", "--data", str(pairs), "--out", str(tmp_path / "ddp"),
            "--epochs", "1", "--batch-size", "4", "--max-steps", "2", "--workers", "0"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
