@@ -41,8 +41,9 @@ RECIPE = dict(model="mlr_convnext_atto", batch_size=16, k_sat=2, lr=0.02, backbo
               temperature=0.1, amp=False, workers=2)
 
 
-def train_small(pairs: Path, out: Path, epochs: int) -> Path:
-    cfg = TrainConfig(**RECIPE, data=str(pairs), out=str(out), epochs=epochs, milestones=[max(1, epochs * 2 // 3)])
+def train_small(pairs: Path, out: Path, epochs: int, color_jitter: float = 0.0) -> Path:
+    cfg = TrainConfig(**RECIPE, data=str(pairs), out=str(out), epochs=epochs, milestones=[max(1, epochs * 2 // 3)],
+                      color_jitter=color_jitter)
     r = train(cfg, resume=False)
     print(f"  trained {r['classes']} places, loss {r['loss'][0]:.2f} -> {r['loss'][-1]:.2f} in {r['seconds']:.0f} s")
     return Path(r["checkpoint"])
@@ -63,14 +64,14 @@ def flight_rows(label, video, tel, emb, cache, pitch):
                   f"{rep.get('ok_far_off_share', 0):>7.1%} {rep['latency_ms_median']:>6.0f}")
 
 
-def synthetic(out: Path, epochs: int) -> None:
+def synthetic(out: Path, epochs: int, color_jitter: float = 0.0) -> None:
     print("== synthetic worlds: train on map A, fly over unseen map B ==")
     a = write_geotiff(generate(1536, 1.0, seed=11), out / "A.tif")
     b = write_geotiff(generate(1536, 1.0, seed=22, lat=47.45, lon=8.6), out / "B.tif")
     b_autumn = write_geotiff(generate(1536, 1.0, seed=22, season="autumn", lat=47.45, lon=8.6), out / "B_autumn.tif")
     make_pairs(a, out / "pairs_A", PairsConfig(classes=160, views=8, test_fraction=0.0, seed=1))
     make_pairs(b, out / "pairs_B", PairsConfig(classes=60, views=4, test_fraction=1.0, seed=2))
-    ckpt = train_small(out / "pairs_A", out / "run_synth", epochs)
+    ckpt = train_small(out / "pairs_A", out / "run_synth", epochs, color_jitter)
     model, _ = load_model(ckpt)
     r = next(r for r in evaluate(model, out / "pairs_B") if r["protocol"] == "full gallery")
     print(f"  retrieval on map B, drone->satellite: R@1 {r['R@1']:.1f}% R@5 {r['R@5']:.1f}% AP {r['AP']:.1f}% "
@@ -120,9 +121,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench_out"))
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--skip-naip", action="store_true")
+    ap.add_argument("--color-jitter", type=float, default=0.0, help="training colour jitter (cross-season)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    synthetic(args.out, args.epochs)
+    synthetic(args.out, args.epochs, args.color_jitter)
     if not args.skip_naip:
         naip(args.out, args.epochs)
 

@@ -26,6 +26,8 @@ class TrainConfig(BaseModel):
     milestones: list[int] = [70, 110]
     gamma: float = 0.1
     loss: Literal["triplet", "infonce"] = "triplet"
+    color_jitter: float = Field(0.0, ge=0, le=1, description="share of images given hue/saturation/channel "
+                                "shifts (cross-season training); slows short runs down")
     margin: float = 0.3
     temperature: float = 0.07
     ce_weight: float = 1.0

@@ -79,7 +79,8 @@ def detect_layout(root: str | Path, height: str | None = None) -> Layout:
                       "Training/<height>/ (SUES-200) or drone/ + satellite/ (folder)")
 
 
-def augment(img: np.ndarray, rng: random.Random, size: int, rotate: float = 0.0, erase: float = 0.0) -> np.ndarray:
+def augment(img: np.ndarray, rng: random.Random, size: int, rotate: float = 0.0, erase: float = 0.0,
+            color: float = 0.0) -> np.ndarray:
     """Pad-and-crop, flip, small rotation, colour jitter (hue, saturation, per-channel gain, brightness,
     contrast) and random erasing (numpy/OpenCV)."""
     img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
@@ -92,12 +93,13 @@ def augment(img: np.ndarray, rng: random.Random, size: int, rotate: float = 0.0,
     if rotate:
         m = cv2.getRotationMatrix2D((size / 2, size / 2), rng.uniform(-rotate, rotate), 1.0)
         img = cv2.warpAffine(np.ascontiguousarray(img), m, (size, size), borderMode=cv2.BORDER_REFLECT)
-    if rng.random() < 0.5:  # hue and saturation shifts: seasons and sensors change colours, not layout
+    f = img.astype(np.float32)
+    if color and rng.random() < color:  # hue/saturation/channel shifts: seasons change colours, not layout
         hsv = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2HSV).astype(np.int16)
         hsv[..., 0] = (hsv[..., 0] + rng.randint(-12, 12)) % 180
         hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.6, 1.3), 0, 255)
-        img = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
-    f = img.astype(np.float32) * np.asarray([rng.uniform(0.85, 1.15) for _ in range(3)], np.float32)
+        f = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+        f *= np.asarray([rng.uniform(0.85, 1.15) for _ in range(3)], np.float32)
     f = f * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20)
     f = (f - f.mean()) * rng.uniform(0.8, 1.2) + f.mean()
     img = np.clip(f, 0, 255).astype(np.uint8)
@@ -115,14 +117,15 @@ class PairDataset(Dataset):
     (MIFT's k satellite augmentations) to balance the one satellite image against many drone views.
     """
 
-    def __init__(self, drone: ViewSet, satellite: ViewSet, cfg: DataConfig, k_sat: int = 1, seed: int = 0):
+    def __init__(self, drone: ViewSet, satellite: ViewSet, cfg: DataConfig, k_sat: int = 1, seed: int = 0,
+                 color_jitter: float = 0.0):
         d, s = drone.by_class(), satellite.by_class()
         self.classes = sorted(set(d) & set(s))
         if not self.classes:
             raise SkylocError(f"no class appears in both {drone.root} and {satellite.root}")
         self.class_index = {c: i for i, c in enumerate(self.classes)}
         self.drone, self.satellite = d, s
-        self.cfg, self.k_sat, self.seed = cfg, k_sat, seed
+        self.cfg, self.k_sat, self.seed, self.color_jitter = cfg, k_sat, seed, color_jitter
         self.epoch = 0
 
     @property
@@ -136,6 +139,6 @@ class PairDataset(Dataset):
         cls = self.classes[i % len(self.classes)]
         rng = random.Random(hash((self.seed, self.epoch, i)))
         size = self.cfg.height
-        sat = augment(load_image(rng.choice(self.satellite[cls])), rng, size, rotate=10.0)
-        drone = augment(load_image(rng.choice(self.drone[cls])), rng, size, erase=0.3)
+        sat = augment(load_image(rng.choice(self.satellite[cls])), rng, size, rotate=10.0, color=self.color_jitter)
+        drone = augment(load_image(rng.choice(self.drone[cls])), rng, size, erase=0.3, color=self.color_jitter)
         return to_tensor(sat, self.cfg), to_tensor(drone, self.cfg), torch.tensor(self.class_index[cls])

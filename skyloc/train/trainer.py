@@ -59,7 +59,7 @@ def train(cfg: TrainConfig, resume: bool = True, console=None) -> dict:
         raise SkylocError(f"{ckpt_path} is a {state['model_name']} run, not {cfg.model}: use another --out")
 
     probe = create_model(cfg.model, num_classes=2)
-    dataset = PairDataset(drone, sat, probe.data_config, k_sat=cfg.k_sat, seed=cfg.seed)
+    dataset = PairDataset(drone, sat, probe.data_config, k_sat=cfg.k_sat, seed=cfg.seed, color_jitter=cfg.color_jitter)
     model = create_model(cfg.model, num_classes=dataset.num_classes, pretrained=cfg.pretrained,
                          backbone_weights=cfg.backbone_weights).to(device)
     groups = [{"params": model.backbone_parameters(), "lr": cfg.backbone_lr},
