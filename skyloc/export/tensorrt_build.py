@@ -79,7 +79,7 @@ def build_engine(onnx_path: str | Path, cache_dir: str | Path | None = None, pre
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     c, h, w = meta.data_config.input_size
     profile = builder.create_optimization_profile()
-    opt = opt_batch or max(1, min(max_batch, 1))
+    opt = min(opt_batch or 1, max_batch)  # the batch TensorRT tunes for (1: one camera frame)
     profile.set_shape("image", (1, c, h, w), (opt, c, h, w), (max_batch, c, h, w))
     config.add_optimization_profile(profile)
     if precision in ("fp16", "int8") and builder.platform_has_fast_fp16:
