@@ -386,24 +386,10 @@ def replay(
     finally:
         if link:
             link.close()
-    _print_report(res.report)
+    from skyloc.runtime.replay import report_table
+
+    console.print(report_table(res.report))
     console.print("wrote " + ", ".join(res.files.values()))
-
-
-def _print_report(rep: dict) -> None:
-    t = Table("figure", "value")
-    t.add_row("frames", str(rep["frames"]))
-    t.add_row("ok / low-confidence / no-fix", f"{rep['ok']} / {rep['low_confidence']} / {rep['no_fix']}")
-    t.add_row("availability of ok fixes", f"{rep['availability_ok']:.1%}")
-    for key, label in (("error_ok", "ok fixes"), ("error_all", "all fixes")):
-        e = rep.get(key)
-        if e:
-            t.add_row(f"error, {label}: median / p90 / max", f"{e['median_m']:.1f} / {e['p90_m']:.1f} / {e['max_m']:.1f} m")
-            t.add_row(f"{label} within 10 / 25 / 50 m", f"{e['within_10m']:.0%} / {e['within_25m']:.0%} / {e['within_50m']:.0%}")
-    if "ok_far_off" in rep:
-        t.add_row("ok fixes off by more than a tile", f"{rep['ok_far_off']} ({rep['ok_far_off_share']:.1%})")
-    t.add_row("median latency", f"{rep['latency_ms_median']:.0f} ms")
-    console.print(t)
 
 
 @app.command()

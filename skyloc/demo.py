@@ -12,7 +12,6 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.progress import Progress
-from rich.table import Table
 
 
 # The CPU training recipe of the demo (configs/cpu_small.yaml is the same recipe as a file).
@@ -68,7 +67,7 @@ def run_demo(out: Path, epochs: int = 10, classes: int = 160, flight_s: float = 
     from skyloc.runtime.embedder import OnnxEmbedder
     from skyloc.runtime.localizer import Localizer, LocalizerConfig
     from skyloc.runtime.mavlink import MavlinkLink
-    from skyloc.runtime.replay import replay
+    from skyloc.runtime.replay import replay, report_table
     from skyloc.runtime.telemetry import load_telemetry
     from skyloc.synth.flight import FlightConfig, render_flight
     from skyloc.synth.pairs import PairsConfig, make_pairs
@@ -157,18 +156,7 @@ def run_demo(out: Path, epochs: int = 10, classes: int = 160, flight_s: float = 
     rep = res.report
     gps = peer.gps_times
     rate = (len(gps) - 1) / (gps[-1] - gps[0]) if len(gps) > 1 else 0.0
-    table = Table(title="skyloc demo: held-out synthetic flight", show_header=True)
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    table.add_row("frames", str(rep["frames"]))
-    table.add_row("ok / low-confidence / no-fix", f"{rep['ok']} / {rep['low_confidence']} / {rep['no_fix']}")
-    table.add_row("availability of ok fixes", f"{rep['availability_ok']:.0%}")
-    e = rep.get("error_ok")
-    if e:
-        table.add_row("error of ok fixes: median / p90 / max", f"{e['median_m']:.1f} / {e['p90_m']:.1f} / {e['max_m']:.1f} m")
-        table.add_row("ok fixes within 10 / 25 / 50 m", f"{e['within_10m']:.0%} / {e['within_25m']:.0%} / {e['within_50m']:.0%}")
-    table.add_row("ok fixes off by more than a tile (173 m)", f"{rep.get('ok_far_off', 0)} ({rep.get('ok_far_off_share', 0):.1%})")
-    table.add_row("median latency per frame (CPU)", f"{rep['latency_ms_median']:.0f} ms")
+    table = report_table(rep, "skyloc demo: held-out synthetic flight")
     table.add_row("GPS_INPUT at the peer", f"{len(gps)} msgs, {rate:.1f} Hz, {peer.fix3} with fix_type 3")
     table.add_row("plots", f"{res.files['track_plot']}, {res.files['error_plot']}")
     console.print(table)

@@ -64,6 +64,26 @@ def error_report(rows: list[ReplayRow], footprint_m: float) -> dict:
     return rep
 
 
+def report_table(rep: dict, title: str = "replay report"):
+    """The error report as a rich table (the CLI and the demo print it)."""
+    from rich.table import Table
+
+    t = Table("figure", "value", title=title)
+    t.add_row("frames", str(rep["frames"]))
+    t.add_row("ok / low-confidence / no-fix", f"{rep['ok']} / {rep['low_confidence']} / {rep['no_fix']}")
+    t.add_row("availability of ok fixes", f"{rep['availability_ok']:.1%}")
+    for key, label in (("error_ok", "ok fixes"), ("error_all", "all fixes")):
+        e = rep.get(key)
+        if e:
+            t.add_row(f"error, {label}: median / p90 / max", f"{e['median_m']:.1f} / {e['p90_m']:.1f} / {e['max_m']:.1f} m")
+            t.add_row(f"{label} within 10 / 25 / 50 m", f"{e['within_10m']:.0%} / {e['within_25m']:.0%} / {e['within_50m']:.0%}")
+    if "ok_far_off" in rep:
+        t.add_row(f"ok fixes off by more than a tile ({rep['footprint_m']:.0f} m)",
+                  f"{rep['ok_far_off']} ({rep['ok_far_off_share']:.1%})")
+    t.add_row("median latency per frame", f"{rep['latency_ms_median']:.0f} ms")
+    return t
+
+
 def replay(video: str, localizer: Localizer, telemetry: TelemetryTrack | None = None, out_dir: str | Path | None = None,
            mavlink=None, realtime: bool = False, progress=None, max_frames: int | None = None) -> ReplayResult:
     """Run every frame of `video` through the localizer (with telemetry yaw/alt when given)."""

@@ -1,0 +1,18 @@
+"""`skyloc demo` end to end, shortened (make demo runs the full-length one)."""
+import socket
+
+from rich.console import Console
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    from skyloc.demo import run_demo
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = run_demo(tmp_path, epochs=1, classes=40, flight_s=5, port=port, console=Console(file=open(tmp_path / "log", "w")))
+    assert out["parity_ok"]
+    assert out["report"]["frames"] == 10
+    assert out["gps_msgs"] >= 5 and out["gps_rate_hz"] >= 4.5
+    assert (tmp_path / "replay" / "track.png").is_file() and (tmp_path / "replay" / "errors.png").is_file()
+    assert "GPS_INPUT at the peer" in (tmp_path / "log").read_text()
