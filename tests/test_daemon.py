@@ -120,7 +120,8 @@ def test_sigterm_stops_cleanly(tmp_path, onnx_model, heldout_cache, heldout_map)
 
     render_flight(heldout_map, tmp_path / "long.mp4", tmp_path / "long.csv",
                   FlightConfig(duration_s=30, fps=2.0, altitude=125))
-    p = _config(tmp_path, onnx_model, heldout_cache, tmp_path / "long.mp4")
+    p = _config(tmp_path, onnx_model, heldout_cache, tmp_path / "long.mp4", log={"dir": str(tmp_path / "logs"),
+                                                                               "format": "json"})
     proc = subprocess.Popen([sys.executable, "-m", "skyloc.cli", "run", "--config", str(p)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     status = tmp_path / "status.json"
@@ -131,6 +132,8 @@ def test_sigterm_stops_cleanly(tmp_path, onnx_model, heldout_cache, heldout_map)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert json.loads(status.read_text())["state"] == "stopped"
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert any("signal 15" in entry["message"] for entry in lines)  # structured log lines
 
 
 class _FlakyCamera(Source):

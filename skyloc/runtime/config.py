@@ -43,6 +43,7 @@ class LogConfig(_Strict):
     dir: str = "skyloc-logs"
     frames_csv: bool = True
     level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = Field("text", description="json: one JSON object per log line")
 
 
 class DaemonConfig(_Strict):

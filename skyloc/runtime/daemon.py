@@ -158,9 +158,23 @@ def _is_hex32(s: str) -> bool:
         return False
 
 
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line (journald, Loki, jq-friendly)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"time": round(record.created, 3), "level": record.levelname.lower(),
+                           "logger": record.name, "message": record.getMessage()})
+
+
 def run_daemon(config_path: str | Path) -> int:
     cfg = DaemonConfig.load(config_path)
-    logging.getLogger("skyloc").setLevel(cfg.log.level.upper())
+    logger = logging.getLogger("skyloc")
+    logger.setLevel(cfg.log.level.upper())
+    if cfg.log.format == "json":
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonLogFormatter())
+        logger.handlers[:] = [handler]
+        logger.propagate = False
     daemon = Daemon(cfg)
     daemon.install_signal_handlers()
     return daemon.run()
