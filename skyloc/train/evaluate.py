@@ -75,9 +75,16 @@ def robustness(model: CrossViewModel, data: str | Path, device: str = "cpu") -> 
     sweeps = [None, rotate(90), rotate(180), shift(int(10 * size / 256)), shift(int(20 * size / 256)),
               shift(int(20 * size / 256), "flip")]
     task = {"drone->satellite": TASKS["drone->satellite"]}
+    layout = detect_layout(data)
+    qn, gn = TASKS["drone->satellite"]
+    if qn not in layout.test or gn not in layout.test:
+        raise SkylocError(f"missing test folder {qn if qn not in layout.test else gn} in {Path(data)} ({layout.kind})")
+    qv, gv = read_view(layout.test[qn], qn), read_view(layout.test[gn], gn)
+    gf, gl = _feats(model, gv, device, flip=False)  # the gallery is not perturbed: embed it once
     rows = []
     for t in sweeps:
-        r = evaluate(model, data, device, flip=False, query_transform=t, tasks=task)[0]
+        qf, ql = _feats(model, qv, device, flip=False, transform=t)
+        r = retrieval_metrics(qf, ql, gf, gl)
         rows.append({"perturbation": t.__name__ if t else "none", "R@1": r["R@1"], "AP": r["AP"]})
     native = model.data_config
     try:
