@@ -27,8 +27,8 @@ from skyloc.runtime.cache import TileCache, build_cache  # noqa: E402
 from skyloc.runtime.embedder import OnnxEmbedder  # noqa: E402
 from skyloc.runtime.geo import crop_geotiff  # noqa: E402
 from skyloc.runtime.localizer import Localizer, LocalizerConfig  # noqa: E402
-from skyloc.runtime.replay import replay  # noqa: E402
-from skyloc.runtime.telemetry import load_telemetry  # noqa: E402
+from skyloc.onboard.replay import replay  # noqa: E402
+from skyloc.onboard.telemetry import load_telemetry  # noqa: E402
 from skyloc.synth.flight import FlightConfig, render_flight  # noqa: E402
 from skyloc.synth.pairs import PairsConfig, make_pairs  # noqa: E402
 from skyloc.synth.world import generate, write_geotiff  # noqa: E402

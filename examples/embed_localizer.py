@@ -7,8 +7,9 @@ from pathlib import Path
 
 from skyloc.runtime.cache import TileCache
 from skyloc.runtime.embedder import create_embedder
-from skyloc.runtime.localizer import OK, Localizer
-from skyloc.runtime.sources import open_source
+from skyloc.onboard.sources import open_source
+from skyloc.runtime.estimate import OK
+from skyloc.runtime.localizer import Localizer
 
 
 def main(argv=None):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from skyloc.runtime.cache import TileCache
 from skyloc.runtime.embedder import create_embedder
+from skyloc.onboard.replay import replay
+from skyloc.onboard.telemetry import load_telemetry
 from skyloc.runtime.localizer import Localizer
-from skyloc.runtime.replay import replay
-from skyloc.runtime.telemetry import load_telemetry
 
 
 def main(argv=None):
@@ -25,8 +25,10 @@ def main(argv=None):
     res = replay(args.video, loc, load_telemetry(args.telemetry), args.out)
     rep = res.report
     err = rep.get("error_ok", {})
+    cal = rep.get("ok_within_3x_accuracy")
     print(f"{rep['frames']} frames, ok {rep['availability_ok']:.0%}, median error of ok fixes "
-          f"{err.get('median_m', float('nan')):.1f} m; plots in {args.out}")
+          f"{err.get('median_m', float('nan')):.1f} m, ok fixes within 3x their accuracy "
+          f"{'-' if cal is None else f'{cal:.0%}'}; plots in {args.out}")
     return res
 
 

@@ -21,6 +21,12 @@ ModelOpt = typer.Option(..., "--model", "-m", help="Exported model: .onnx or Ten
 CacheOpt = typer.Option(..., "--cache", "-c", help="Tile cache directory (skyloc build-cache)")
 BackendOpt = typer.Option("auto", "--backend", help="auto | onnxruntime | tensorrt")
 LogOpt = typer.Option("info", "--log-level", help="debug | info | warning")
+BandsOpt = typer.Option(None, "--bands", help="Map bands to use, from 1: one (grey) or three (R,G,B); default: "
+                        "the colour bands, or the only one")
+NodataOpt = typer.Option(None, "--nodata", help="Map value that means 'no data' where the file does not say "
+                         "(e.g. 255 for a white border)")
+StartOpt = typer.Option(None, "--start", help="Prior position LAT,LON[,RADIUS_M] (default radius 50 m): the track "
+                        "starts there instead of searching the whole map")
 
 
 def _logging(level: str) -> None:
@@ -128,12 +134,19 @@ def synth_map(
     season: str = typer.Option("summer", help="summer | autumn (same layout, other colours)"),
     lat: float = typer.Option(47.4, help="centre latitude"),
     lon: float = typer.Option(8.5, help="centre longitude"),
+    bands: int = typer.Option(3, "--bands", help="3 (RGB) or 1 (grey, like a panchromatic orthophoto)"),
+    border: float = typer.Option(0.0, help="share of the extent painted as an undeclared constant border (0..0.8)"),
+    border_value: int = typer.Option(255, help="the border's value (255: white)"),
 ) -> None:
     """Write a procedural georeferenced orthophoto (roads, buildings, fields, trees, water)."""
     from skyloc.synth.world import generate, write_geotiff
 
-    path = write_geotiff(generate(size, gsd, seed, season, lat, lon), out)
-    console.print(f"wrote {path}: {size}x{size} px, {size * gsd / 1000:.2f} km, {gsd} m/px, seed {seed}, {season}")
+    if not 0 <= border <= 0.8:
+        raise SkylocError(f"--border {border}: give a share of the extent from 0 to 0.8")
+    path = write_geotiff(generate(size, gsd, seed, season, lat, lon), out, bands=bands, border=border,
+                         border_value=border_value, seed=seed)
+    console.print(f"wrote {path}: {size}x{size} px, {size * gsd / 1000:.2f} km, {gsd} m/px, seed {seed}, {season}, "
+                  f"{'grey' if bands == 1 else 'RGB'}" + (f", {border:.0%} border of {border_value}" if border else ""))
 
 
 @app.command("synth-flight")
@@ -147,17 +160,29 @@ def synth_flight(
     speed: float = typer.Option(12.0, help="m/s"),
     pitch: float = typer.Option(5.0, help="camera tilt forward from nadir (deg)"),
     hfov: float = typer.Option(60.0),
-    size: int = typer.Option(320, help="frame pixels per side"),
+    size: int = typer.Option(320, help="frame pixels per side (square frames)"),
+    width: Optional[int] = typer.Option(None, help="frame width in pixels (with --height; overrides --size)"),
+    height: Optional[int] = typer.Option(None, help="frame height in pixels"),
+    route: str = typer.Option("wander", help="wander (random walk) | turns (straight legs and turns)"),
+    turn: float = typer.Option(120.0, help="turns: the first turn (deg)"),
+    exposure: float = typer.Option(0.0, help="0: random look per frame; >0: a camera's drifting, jumping exposure"),
+    exposure_time: float = typer.Option(0.0, help="s: motion blur along the flight (e.g. 0.02)"),
+    shake: float = typer.Option(0.0, help="share of frames blurred by vibration"),
     seed: int = typer.Option(0),
 ) -> None:
     """Render a flight over a map: a video and its telemetry with ground truth (for replay)."""
+    from rich.progress import Progress
+
     from skyloc.synth.flight import FlightConfig, render_flight
 
     cfg = FlightConfig(duration_s=duration, fps=fps, speed=speed, altitude=altitude, pitch=pitch, hfov=hfov,
-                       frame_px=size, seed=seed)
-    r = render_flight(map_path, video, telemetry, cfg)
-    console.print(f"wrote {r['video']} ({r['frames']} frames at {fps} fps) and {r['telemetry']}; replay with "
-                  f"--pitch {pitch} --hfov {hfov}")
+                       width=width or size, height=height or size, seed=seed, route=route, turn_deg=turn,
+                       exposure=exposure, exposure_time=exposure_time, shake=shake)
+    with Progress(console=console, transient=True) as p:
+        task = p.add_task("rendering", total=int(round(duration * fps)))
+        r = render_flight(map_path, video, telemetry, cfg, progress=lambda n: p.advance(task, n))
+    console.print(f"wrote {r['video']} ({r['frames']} frames of {cfg.width}x{cfg.height} at {fps} fps, heading "
+                  f"turns {r['yaw_change_deg']:.0f} deg) and {r['telemetry']}; replay with --pitch {pitch} --hfov {hfov}")
 
 
 @app.command("make-pairs")
@@ -172,20 +197,28 @@ def make_pairs_cmd(
     pitch_max: float = typer.Option(15.0, help="largest camera tilt from nadir (deg)"),
     hfov: float = typer.Option(60.0, help="camera horizontal FOV (deg)"),
     seed: int = typer.Option(0),
+    bands: Optional[str] = BandsOpt,
+    nodata: Optional[float] = NodataOpt,
 ) -> None:
     """Cut satellite tiles and render drone views of the same places, with a locations CSV."""
     from rich.progress import Progress
 
+    from skyloc.runtime.geo import parse_bands
     from skyloc.synth.pairs import PairsConfig, make_pairs
 
-    lo, hi = (float(v) for v in altitude.split(","))
+    try:
+        lo, hi = (float(v) for v in altitude.split(","))
+    except ValueError:
+        raise SkylocError(f"--altitude {altitude!r}: give min,max in metres, e.g. 120,180") from None
     cfg = PairsConfig(classes=classes, views=views, test_fraction=test_fraction, altitude=(lo, hi),
-                      yaw_range=yaw_range, pitch_max=pitch_max, hfov=hfov, seed=seed)
+                      yaw_range=yaw_range, pitch_max=pitch_max, hfov=hfov, seed=seed, bands=parse_bands(bands),
+                      nodata=nodata)
     with Progress(console=console) as p:
         task = p.add_task("places", total=classes)
         s = make_pairs(map_path, out_dir, cfg, progress=lambda n: p.advance(task, n))
-    console.print(f"{out_dir}: {s['train']} train + {s['test']} test places, {s['views']} drone views each, "
-                  f"tiles {s['tile_m']:.0f} m; locations in {out_dir / 'locations.csv'}")
+    console.print(f"{out_dir}: {s['train']} train + {s['test']} test places ({s['colour']}), up to {s['views']} drone "
+                  f"views each, tiles {s['tile_m']:.0f} m; skipped as mostly nodata: {s['skipped_places']} places, "
+                  f"{s['skipped_views']} views; locations in {out_dir / 'locations.csv'}")
 
 
 @app.command()
@@ -265,8 +298,12 @@ def build_cache_cmd(
     batch_size: int = typer.Option(32),
     shard: Optional[str] = typer.Option(None, help="I/N: build only shard I of N (merge with merge-cache)"),
     backend: str = BackendOpt,
+    bands: Optional[str] = BandsOpt,
+    nodata: Optional[float] = NodataOpt,
+    min_valid: float = typer.Option(0.5, help="skip tiles with less than this share of valid map"),
 ) -> None:
     """Embed every tile of a map into a cache (windowed reads, resumable, shardable)."""
+    from skyloc.runtime.geo import parse_bands
     from rich.progress import Progress
 
     from skyloc.runtime.cache import build_cache
@@ -285,12 +322,14 @@ def build_cache_cmd(
     with Progress(console=console) as p:
         task = p.add_task("tiles", total=None)
         path = build_cache(map_path, emb, out, _parse_footprints(footprint), overlap, batch_size, sh,
-                           progress=lambda d, n: p.update(task, completed=d, total=n))
+                           progress=lambda d, n: p.update(task, completed=d, total=n), bands=parse_bands(bands),
+                           nodata=nodata, min_valid=min_valid)
     if (path / "manifest.json").is_file():
         import json
 
         m = json.loads((path / "manifest.json").read_text())
-        console.print(f"{path}: {m['tiles']} tiles, {m['embedding_dim']}-d, footprints {m['footprints_m']} m, "
+        console.print(f"{path}: {m['tiles']} tiles ({m['skipped_tiles']} skipped as mostly nodata), "
+                      f"{m['embedding_dim']}-d, footprints {m['footprints_m']} m, {m['colour']} map, "
                       f"model {m['model_name']} ({m['model_fingerprint']})")
 
 
@@ -306,16 +345,19 @@ def merge_cache_cmd(
     console.print(f"merged {len(shards)} shards into {path}")
 
 
-def _open_localizer(model: Path, cache: Path, backend: str, map_path: Optional[Path], refine: bool, use_filter: bool,
-                    hfov: float, pitch: float = 0.0):
+def _open_localizer(model: Path, cache: Path, backend: str, map_path: Optional[Path], hfov: float, pitch: float = 0.0,
+                    start: Optional[str] = None, nodata: Optional[float] = None, bands: Optional[str] = None,
+                    **config):
     from skyloc.runtime.cache import TileCache
     from skyloc.runtime.embedder import create_embedder
-    from skyloc.runtime.localizer import Localizer, LocalizerConfig
+    from skyloc.runtime.geo import parse_bands
+    from skyloc.runtime.localizer import Localizer, LocalizerConfig, parse_start
 
+    prior = parse_start(start)
     emb = create_embedder(model, backend)
     tc = TileCache.load(cache, emb.meta)
-    cfg = LocalizerConfig(refine=refine, use_filter=use_filter, hfov_deg=hfov, camera_pitch_deg=pitch)
-    return Localizer(emb, tc, cfg, map_path=map_path)
+    cfg = LocalizerConfig(hfov_deg=hfov, camera_pitch_deg=pitch, **config)
+    return Localizer(emb, tc, cfg, map_path=map_path, map_nodata=nodata, map_bands=parse_bands(bands), start=prior)
 
 
 @app.command()
@@ -323,30 +365,35 @@ def localize(
     image: Path = typer.Argument(..., help="A nadir camera frame"),
     model: Path = ModelOpt,
     cache: Path = CacheOpt,
-    yaw: Optional[float] = typer.Option(None, help="Heading when the frame was taken (deg from north)"),
-    alt: Optional[float] = typer.Option(None, help="Altitude above ground (m): picks the scale band"),
+    yaw: Optional[float] = typer.Option(None, help="Camera heading when the frame was taken (deg from north)"),
+    alt: Optional[float] = typer.Option(None, help="Altitude above ground (m)"),
     hfov: float = typer.Option(60.0, help="Camera horizontal FOV (deg)"),
-    map_path: Optional[Path] = typer.Option(None, "--map", help="The cache's GeoTIFF (for refinement)"),
-    refine: bool = typer.Option(True, "--refine/--no-refine"),
+    pitch: float = typer.Option(0.0, help="Camera tilt forward from nadir (deg)"),
+    start: Optional[str] = StartOpt,
+    map_path: Optional[Path] = typer.Option(None, "--map", help="The cache's GeoTIFF (default: the manifest's)"),
+    nodata: Optional[float] = NodataOpt,
     backend: str = BackendOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON"),
 ) -> None:
-    """One frame -> position estimate."""
+    """One frame -> position: registration around --start, or retrieval + strict registration."""
     import json
 
+    from skyloc.runtime.estimate import StatusConfig
     from skyloc.runtime.preprocess import load_image
 
-    loc = _open_localizer(model, cache, backend, map_path, refine, False, hfov)
-    est = loc.locate(load_image(image), yaw_deg=yaw, altitude_m=alt)
+    # one frame cannot be confirmed by a second: a strictly verified registration is the evidence
+    loc = _open_localizer(model, cache, backend, map_path, hfov, pitch, start, nodata,
+                          status=StatusConfig(confirmations=1))
+    est = loc.locate(load_image(image), 0.0, yaw_deg=yaw, altitude_m=alt)
     if as_json:
         console.print_json(json.dumps(est.to_dict(), default=float))
         return
     if est.has_position:
-        console.print(f"{est.status}: lat {est.lat:.6f} lon {est.lon:.6f} +- {est.horizontal_accuracy:.0f} m, "
-                      f"confidence {est.confidence:.2f}, {'refined' if est.refined else 'retrieval only'}, "
-                      f"best tile {est.best_tiles[0]} score {est.best_score:.3f}, {est.latency_ms['total']:.0f} ms")
+        console.print(f"{est.status}: lat {est.lat:.7f} lon {est.lon:.7f} +- {est.horizontal_accuracy:.1f} m, "
+                      f"{'verified registration, ' + str(est.inliers) + ' inliers' if est.registered else est.message}, "
+                      f"{est.latency_ms['total']:.0f} ms")
     else:
-        console.print(f"no fix (best score {est.best_score:.3f}) {est.message}")
+        console.print(f"no fix: {est.message}")
 
 
 @app.command()
@@ -356,38 +403,39 @@ def replay(
     cache: Path = CacheOpt,
     telemetry: Optional[Path] = typer.Option(None, help="CSV (time,lat,lon,alt,yaw), DJI .srt or .gpx"),
     out: Path = typer.Option(Path("replay_out"), "--out", "-o", help="Folder for track, report and plots"),
+    start: Optional[str] = StartOpt,
     mavlink: Optional[str] = typer.Option(None, help="Also stream estimates to this peer (e.g. udpout:127.0.0.1:14550)"),
     outputs: str = typer.Option("gps_input", help="MAVLink outputs, comma-separated"),
-    map_path: Optional[Path] = typer.Option(None, "--map", help="The cache's GeoTIFF (refinement, plot)"),
+    map_path: Optional[Path] = typer.Option(None, "--map", help="The cache's GeoTIFF (default: the manifest's)"),
+    nodata: Optional[float] = NodataOpt,
     hfov: float = typer.Option(60.0, help="Camera horizontal FOV (deg)"),
     pitch: float = typer.Option(0.0, help="Camera tilt forward from nadir (deg)"),
-    refine: bool = typer.Option(True, "--refine/--no-refine"),
-    use_filter: bool = typer.Option(True, "--filter/--no-filter"),
+    registration_interval: float = typer.Option(0.5, help="Seconds between map registrations while tracking"),
+    max_frames: Optional[int] = typer.Option(None, help="Stop after this many frames"),
     backend: str = BackendOpt,
 ) -> None:
-    """Run a recorded flight through the pipeline: track (CSV/GeoJSON/KML), errors, plots."""
+    """Run a recorded flight through the pipeline: track (CSV/GeoJSON/KML), errors, calibration, plots."""
     from rich.progress import Progress
 
-    from skyloc.runtime.replay import replay as run_replay
-    from skyloc.runtime.telemetry import load_telemetry
+    from skyloc.onboard.replay import replay as run_replay, report_table
+    from skyloc.onboard.telemetry import load_telemetry
 
-    loc = _open_localizer(model, cache, backend, map_path, refine, use_filter, hfov, pitch)
+    loc = _open_localizer(model, cache, backend, map_path, hfov, pitch, start, nodata,
+                          registration_interval_s=registration_interval)
     tel = load_telemetry(telemetry) if telemetry else None
     link = None
     if mavlink:
-        from skyloc.runtime.mavlink import MavlinkLink
+        from skyloc.onboard.mavlink import MavlinkLink
 
         link = MavlinkLink(mavlink, tuple(o.strip() for o in outputs.split(","))).start()
     try:
         with Progress(console=console) as p:
             task = p.add_task("frames", total=None)
             res = run_replay(video, loc, tel, out, mavlink=link, realtime=link is not None,
-                             progress=lambda r: p.advance(task))
+                             progress=lambda r: p.advance(task), max_frames=max_frames)
     finally:
         if link:
             link.close()
-    from skyloc.runtime.replay import report_table
-
     console.print(report_table(res.report))
     console.print("wrote " + ", ".join(res.files.values()))
 
@@ -395,7 +443,7 @@ def replay(
 @app.command()
 def run(config: Path = typer.Option(..., "--config", help="Daemon YAML (configs/skyloc.example.yaml)")) -> None:
     """The onboard daemon: camera -> estimates -> MAVLink, until SIGTERM."""
-    from skyloc.runtime.daemon import run_daemon
+    from skyloc.onboard.daemon import run_daemon
 
     _logging("info")
     raise typer.Exit(run_daemon(config))

@@ -66,9 +66,9 @@ def run_demo(out: Path, epochs: int = 10, classes: int = 160, flight_s: float = 
     from skyloc.runtime.cache import TileCache, build_cache
     from skyloc.runtime.embedder import OnnxEmbedder
     from skyloc.runtime.localizer import Localizer, LocalizerConfig
-    from skyloc.runtime.mavlink import MavlinkLink
-    from skyloc.runtime.replay import replay, report_table
-    from skyloc.runtime.telemetry import load_telemetry
+    from skyloc.onboard.mavlink import MavlinkLink
+    from skyloc.onboard.replay import replay, report_table
+    from skyloc.onboard.telemetry import load_telemetry
     from skyloc.synth.flight import FlightConfig, render_flight
     from skyloc.synth.pairs import PairsConfig, make_pairs
     from skyloc.synth.world import generate, write_geotiff
@@ -135,15 +135,18 @@ def run_demo(out: Path, epochs: int = 10, classes: int = 160, flight_s: float = 
     done("5. tile cache of the flight map")
 
     step("6. synthetic flight")
-    fcfg = FlightConfig(duration_s=flight_s, fps=2.0, seed=3)
+    fcfg = FlightConfig(duration_s=flight_s, fps=5.0, seed=3, width=480, height=320, route="turns", pitch=0.0,
+                        exposure=0.6, exposure_time=0.02)
     flight = render_flight(fly_map, out / "flight.mp4", out / "flight.csv", fcfg)
-    console.print(f"{flight['frames']} frames at {fcfg.fps} fps, {fcfg.altitude:.0f} m, {fcfg.speed} m/s")
+    console.print(f"{flight['frames']} frames of {fcfg.width}x{fcfg.height} at {fcfg.fps} fps, {fcfg.altitude:.0f} m, "
+                  f"{fcfg.speed} m/s, heading turns {flight['yaw_change_deg']:.0f} deg; no start position: "
+                  "retrieval finds the first fix")
     done("6. synthetic flight")
 
     step("7. replay + MAVLink to a local autopilot peer")
     peer = _Peer(port)
     link = MavlinkLink(f"udpout:127.0.0.1:{port}", outputs=("gps_input", "odometry"), gps_rate_hz=5.0).start()
-    localizer = Localizer(embedder, cache, LocalizerConfig(camera_pitch_deg=fcfg.pitch))
+    localizer = Localizer(embedder, cache, LocalizerConfig(camera_pitch_deg=fcfg.pitch, hfov_deg=fcfg.hfov))
     with Progress(console=console, transient=True) as p:
         task = p.add_task("replaying", total=flight["frames"])
         res = replay(str(out / "flight.mp4"), localizer, load_telemetry(out / "flight.csv"), out / "replay",
@@ -157,9 +160,9 @@ def run_demo(out: Path, epochs: int = 10, classes: int = 160, flight_s: float = 
     gps = peer.gps_times
     rate = (len(gps) - 1) / (gps[-1] - gps[0]) if len(gps) > 1 else 0.0
     table = report_table(rep, "skyloc demo: held-out synthetic flight")
-    table.add_row("GPS_INPUT at the peer", f"{len(gps)} msgs, {rate:.1f} Hz, {peer.fix3} with fix_type 3")
-    table.add_row("plots", f"{res.files['track_plot']}, {res.files['error_plot']}")
+    table.add_row("GPS_INPUT at the peer", f"{len(gps)} msgs, {rate:.1f} Hz, {peer.fix3} fix_type 3")
     console.print(table)
+    console.print(f"plots: {res.files['track_plot']}, {res.files['error_plot']}")
     console.print("time per step: " + ", ".join(f"{k.split('. ')[1]} {v:.0f}s" for k, v in timings.items()))
     return {"report": rep, "gps_rate_hz": rate, "gps_msgs": len(gps), "peer_counts": peer.counts,
             "retrieval": r1, "parity_ok": report.ok, "files": res.files, "timings": timings}

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from skyloc.errors import ModelMismatchError, SkylocError
-from skyloc.runtime.config import DaemonConfig
-from skyloc.runtime.daemon import Daemon
-from skyloc.runtime.sources import Frame, LatestFrame, Source
+from skyloc.onboard.config import DaemonConfig
+from skyloc.onboard.daemon import Daemon
+from skyloc.onboard.sources import Frame, LatestFrame, Source
 
 from tests.test_mavlink import Autopilot, _free_port
 
@@ -66,15 +66,15 @@ def test_corrupt_frames_and_a_failing_frame_do_not_stop_it(tmp_path, onnx_model,
     (frames / "001.jpg").write_bytes(b"\xff\xd8 broken jpeg")
     daemon = Daemon(DaemonConfig.load(_config(tmp_path, onnx_model, heldout_cache, frames)))
     calls = {"n": 0}
-    real = daemon.embedder.embed_tensor
+    real = daemon.localizer.locate
 
-    def flaky(x):
+    def flaky(*a, **kw):  # one frame fails inside the localizer, as a driver error would
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("CUDA error: an illegal memory access")
-        return real(x)
+        return real(*a, **kw)
 
-    daemon.embedder.embed_tensor = flaky
+    daemon.localizer.locate = flaky
     assert daemon.run() == 0
     rows = list(csv.DictReader(open(next((tmp_path / "logs").glob("frames-*.csv")))))
     assert len(rows) == 4 and daemon.errors == 1

@@ -11,7 +11,7 @@ from pymavlink import mavutil  # noqa: E402
 
 from skyloc.errors import SkylocError  # noqa: E402
 from skyloc.runtime.localizer import NO_FIX, OK, Estimate  # noqa: E402
-from skyloc.runtime.mavlink import MavlinkLink, gps_time  # noqa: E402
+from skyloc.onboard.mavlink import MavlinkLink, gps_time  # noqa: E402
 
 
 def _free_port() -> int:

@@ -7,8 +7,8 @@ import pytest
 from skyloc.errors import SkylocError
 from skyloc.runtime.cache import TileCache
 from skyloc.runtime.localizer import Localizer, LocalizerConfig
-from skyloc.runtime.replay import replay
-from skyloc.runtime.telemetry import load_telemetry
+from skyloc.onboard.replay import replay
+from skyloc.onboard.telemetry import load_telemetry
 
 
 def test_csv_srt_gpx_telemetry(tmp_path):

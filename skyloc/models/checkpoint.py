@@ -8,6 +8,7 @@ import torch
 from skyloc.errors import ModelMismatchError, SkylocError
 from skyloc.models.base import CrossViewModel
 from skyloc.models.registry import create_model, is_model
+from skyloc.runtime.preprocess import DataConfig
 
 
 def save_checkpoint(path: str | Path, model: CrossViewModel, **extra) -> None:
@@ -18,6 +19,7 @@ def save_checkpoint(path: str | Path, model: CrossViewModel, **extra) -> None:
         "model_name": model.model_name,
         "num_classes": model.num_classes,
         "model_kwargs": getattr(model, "factory_kwargs", {}),
+        "data_config": model.data_config.to_dict(),
         "state_dict": model.state_dict(),
         **extra,
     }
@@ -54,4 +56,6 @@ def load_model(path: str | Path, expect_model: str | None = None) -> tuple[Cross
         model.load_state_dict(state["state_dict"])
     except RuntimeError as exc:
         raise ModelMismatchError(f"{path}: weights do not fit {name} ({str(exc).splitlines()[0]})") from None
+    if "data_config" in state:  # e.g. the colour handling the model was trained with
+        model.data_config = DataConfig.from_dict(state["data_config"])
     return model.eval(), state

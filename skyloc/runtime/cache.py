@@ -13,6 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from skyloc.errors import ModelMismatchError, SkylocError
@@ -53,7 +54,26 @@ class TilingPlan:
         return np.concatenate(rows)
 
 
-def _manifest(meta: ModelMeta, gmap: GeoMap, plan: TilingPlan, n: int, shard: tuple[int, int] | None) -> dict:
+def valid_share(gmap: GeoMap, tiles: np.ndarray) -> np.ndarray:
+    """Share of valid (not nodata) map under each tile, from a coarse mask of the whole map."""
+    valid, m_per_px = gmap.valid_mask()
+    if valid.all():
+        return np.ones(len(tiles))
+    integral = cv2.integral(valid.astype(np.uint8))
+    left, _, _, top = gmap.bounds
+    h, w = valid.shape
+    out = np.empty(len(tiles))
+    for i, t in enumerate(tiles):
+        half = float(t["footprint_m"]) / 2
+        c0, c1 = int(np.clip((t["x"] - half - left) / m_per_px, 0, w)), int(np.clip((t["x"] + half - left) / m_per_px, 0, w))
+        r0, r1 = int(np.clip((top - t["y"] - half) / m_per_px, 0, h)), int(np.clip((top - t["y"] + half) / m_per_px, 0, h))
+        area = max(1, (c1 - c0) * (r1 - r0))
+        out[i] = (integral[r1, c1] - integral[r0, c1] - integral[r1, c0] + integral[r0, c0]) / area
+    return out
+
+
+def _manifest(meta: ModelMeta, gmap: GeoMap, plan: TilingPlan, n: int, shard: tuple[int, int] | None,
+              skipped: int) -> dict:
     return {
         "format_version": CACHE_FORMAT,
         "model_name": meta.model_name,
@@ -67,21 +87,33 @@ def _manifest(meta: ModelMeta, gmap: GeoMap, plan: TilingPlan, n: int, shard: tu
         "footprints_m": list(plan.footprints_m),
         "overlap": plan.overlap,
         "tiles": int(n),
+        "skipped_tiles": int(skipped),
+        "bands": list(gmap.bands),
+        "colour": gmap.colour,
+        "nodata": gmap.nodata_override,
         "shard": list(shard) if shard else None,
     }
 
 
 def build_cache(map_path: str | Path, embedder: Embedder, out: str | Path, footprints_m: list[float],
                 overlap: float = 0.5, batch_size: int = 32, shard: tuple[int, int] | None = None,
-                progress=None, stop_after: int | None = None) -> Path:
+                progress=None, stop_after: int | None = None, bands: tuple[int, ...] | None = None,
+                nodata: float | None = None, min_valid: float = 0.5) -> Path:
     """Embed every tile of the map. Interrupted builds resume from the last finished batch.
 
-    shard=(i, n) builds only the i-th of n contiguous slices (merge them with `merge_caches`).
-    stop_after (tests) stops after that many tiles, as an interruption would.
+    Tiles with less than `min_valid` of valid map (nodata, alpha, or the `nodata` override) are
+    skipped; the manifest counts them. shard=(i, n) builds only the i-th of n contiguous slices
+    (merge them with `merge_caches`). stop_after (tests) stops after that many tiles, as an
+    interruption would.
     """
-    gmap = GeoMap(map_path)
+    gmap = GeoMap(map_path, bands=bands, nodata=nodata)
     plan = TilingPlan([float(f) for f in footprints_m], overlap)
     tiles = plan.tiles(gmap)
+    keep = valid_share(gmap, tiles) >= min_valid
+    skipped = int((~keep).sum())
+    tiles = tiles[keep]
+    if len(tiles) == 0:
+        raise SkylocError(f"{gmap.path}: every tile is mostly nodata; check --nodata/--bands or the map")
     if shard:
         i, n = shard
         if not 0 <= i < n:
@@ -90,7 +122,7 @@ def build_cache(map_path: str | Path, embedder: Embedder, out: str | Path, footp
         tiles = tiles[lo:hi]
     out = Path(out)
     meta = embedder.meta
-    manifest = _manifest(meta, gmap, plan, len(tiles), shard)
+    manifest = _manifest(meta, gmap, plan, len(tiles), shard, skipped)
     partial = out / "embeddings.partial.npy"
     state_file = out / "progress.json"
     done = 0

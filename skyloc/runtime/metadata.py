@@ -32,6 +32,7 @@ class ModelMeta:
             "skyloc.mean": json.dumps(list(self.data_config.mean)),
             "skyloc.std": json.dumps(list(self.data_config.std)),
             "skyloc.interpolation": self.data_config.interpolation,
+            "skyloc.colour": self.data_config.colour,
         }
 
     @classmethod
@@ -49,6 +50,7 @@ class ModelMeta:
                     mean=tuple(json.loads(props["skyloc.mean"])),
                     std=tuple(json.loads(props["skyloc.std"])),
                     interpolation=props.get("skyloc.interpolation", "bicubic"),
+                    colour=props.get("skyloc.colour", "rgb"),
                 ),
                 format_version=version,
             )

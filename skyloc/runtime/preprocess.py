@@ -5,6 +5,7 @@ image file yields the same network input everywhere (tests/test_parity.py proves
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class DataConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bicubic"
+    colour: str = "rgb"  # "grey": trained on grey imagery; every input is turned grey the same way
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -58,7 +60,16 @@ class DataConfig:
             mean=tuple(float(v) for v in d["mean"]),
             std=tuple(float(v) for v in d["std"]),
             interpolation=str(d.get("interpolation", "bicubic")),
+            colour=str(d.get("colour", "rgb")),
         )
+
+
+def is_grey(image: np.ndarray, tolerance: int = 3) -> bool:
+    """True for an RGB image whose three channels are (nearly) equal: a grey map or a grey view of one."""
+    if image.ndim == 2 or image.shape[2] == 1:
+        return True
+    a = image.astype(np.int16)
+    return bool(np.abs(a[..., 0] - a[..., 1]).max() <= tolerance and np.abs(a[..., 1] - a[..., 2]).max() <= tolerance)
 
 
 def load_image(path: str | Path) -> np.ndarray:
@@ -96,8 +107,11 @@ def resize(image: np.ndarray, height: int, width: int, interpolation: str = "bic
 
 
 def preprocess(image_rgb: np.ndarray, cfg: DataConfig) -> np.ndarray:
-    """RGB uint8 [H,W,3] -> normalised float32 [3,h,w] as the network expects."""
+    """RGB uint8 [H,W,3] -> normalised float32 [3,h,w] as the network expects (grey models: the
+    luminance in all three channels, so colour frames meet grey maps on the model's terms)."""
     img = resize(check_frame(image_rgb), cfg.height, cfg.width, cfg.interpolation)
+    if cfg.colour == "grey":
+        img = cv2.cvtColor(to_grey(img), cv2.COLOR_GRAY2RGB)
     x = img.astype(np.float32) * (1.0 / 255.0)
     x -= np.asarray(cfg.mean, dtype=np.float32)
     x /= np.asarray(cfg.std, dtype=np.float32)
@@ -107,6 +121,36 @@ def preprocess(image_rgb: np.ndarray, cfg: DataConfig) -> np.ndarray:
 def preprocess_batch(images: list[np.ndarray], cfg: DataConfig) -> np.ndarray:
     """A list of RGB images -> float32 [B,3,h,w]."""
     return np.stack([preprocess(im, cfg) for im in images]).astype(np.float32, copy=False)
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """RGB (or already grey) uint8 -> grey uint8 [H,W]: the one colour-to-grey conversion."""
+    if image.ndim == 2:
+        return image
+    if image.shape[2] == 1:
+        return image[..., 0]
+    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+_CLAHE = threading.local()
+
+
+def normalize_contrast(grey: np.ndarray, tiles: int = 4, clip: float = 2.0) -> np.ndarray:
+    """Local contrast normalisation (CLAHE) so that exposure, season and sensor differences
+    change the features less: odometry and registration both match on these images."""
+    c = getattr(_CLAHE, "clahe", None)
+    if c is None or c.getTilesGridSize() != (tiles, tiles) or c.getClipLimit() != clip:
+        c = _CLAHE.clahe = cv2.createCLAHE(clipLimit=clip, tileGridSize=(tiles, tiles))
+    return c.apply(grey)
+
+
+def flatten_illumination(grey: np.ndarray, sigma_frac: float = 1 / 16) -> np.ndarray:
+    """Remove slow brightness changes (vignetting, exposure gradients, haze) and stretch what is
+    left to 8 bits: a high-pass for trackers, whose static lens patterns would look like no motion."""
+    g = grey.astype(np.float32)
+    hp = g - cv2.GaussianBlur(g, (0, 0), max(2.0, sigma_frac * max(grey.shape)))
+    spread = float(np.percentile(np.abs(hp), 99)) + 1e-3
+    return np.clip(128.0 + hp * (100.0 / spread), 0, 255).astype(np.uint8)
 
 
 def rotate_north_up(image: np.ndarray, yaw_deg: float) -> np.ndarray:

@@ -31,6 +31,9 @@ class PairsConfig:
     drone_px: int = 256
     offset_m: float = 10.0  # drone position jitter around the place centre
     seed: int = 0
+    min_valid: float = 0.9  # a place (its satellite tile) or a drone view with less valid map is skipped
+    bands: tuple[int, ...] | None = None  # map bands to use (one for grey, three for RGB)
+    nodata: float | None = None  # a constant border value the map does not declare
 
 
 def _write(path: Path, rgb: np.ndarray) -> None:
@@ -40,8 +43,9 @@ def _write(path: Path, rgb: np.ndarray) -> None:
 
 def make_pairs(map_path: str | Path, out_dir: str | Path, cfg: PairsConfig = PairsConfig(), progress=None) -> dict:
     """Write train/ and test/ folders in the University-1652 layout; returns a summary."""
-    gmap = GeoMap(map_path)
-    image = gmap.read_all()
+    gmap = GeoMap(map_path, bands=cfg.bands, nodata=cfg.nodata)
+    image, valid = gmap.read_all_masked()
+    valid8 = valid.astype(np.uint8) * 255
     transform = (gmap.transform.a, 0.0, gmap.transform.c, 0.0, gmap.transform.e, gmap.transform.f)
     rng = np.random.default_rng(cfg.seed)
     mid_alt = float(np.mean(cfg.altitude))
@@ -57,7 +61,15 @@ def make_pairs(map_path: str | Path, out_dir: str | Path, cfg: PairsConfig = Pai
     ys = np.linspace(top - margin, bottom + margin, n_side)
     grid = [(x, y) for y in ys for x in xs]
     picks = rng.choice(len(grid), size=min(cfg.classes, len(grid)), replace=False)
-    places = [grid[i] for i in sorted(picks)]
+    candidates = [grid[i] for i in sorted(picks)]
+    places = [p for p in candidates
+              if north_up_tile(valid8, transform, p[0], p[1], tile_m, 64).mean() / 255 >= cfg.min_valid]
+    skipped_places = len(candidates) - len(places)
+    if not places:
+        raise SkylocError(f"{map_path}: every place is mostly nodata; check --nodata/--bands or the map")
+    skipped_views = 0
+    if progress and skipped_places:
+        progress(skipped_places)
     n_test = int(round(len(places) * cfg.test_fraction))
     order = rng.permutation(len(places))
     test_ids = set(order[:n_test].tolist())
@@ -73,6 +85,9 @@ def make_pairs(map_path: str | Path, out_dir: str | Path, cfg: PairsConfig = Pai
                 x=x + rng.normal(0, cfg.offset_m / 2), y=y + rng.normal(0, cfg.offset_m / 2),
                 altitude=rng.uniform(*cfg.altitude), yaw=rng.uniform(-cfg.yaw_range, cfg.yaw_range),
                 pitch=rng.uniform(0, cfg.pitch_max), hfov=cfg.hfov, width=cfg.drone_px, height=cfg.drone_px)
+            if render_view(valid8, transform, cam).mean() / 255 < cfg.min_valid:
+                skipped_views += 1
+                continue
             drones.append(photometric(render_view(image, transform, cam), rng))
         if split == "train":
             _write(out / "train" / "satellite" / cls / f"{cls}.jpg", sat)
@@ -96,4 +111,5 @@ def make_pairs(map_path: str | Path, out_dir: str | Path, cfg: PairsConfig = Pai
         writer.writerows(rows)
     gmap.close()
     return {"classes": len(places), "train": len(places) - n_test, "test": n_test, "views": cfg.views,
-            "tile_m": tile_m, "out": str(out)}
+            "tile_m": tile_m, "out": str(out), "skipped_places": skipped_places, "skipped_views": skipped_views,
+            "colour": gmap.colour}

@@ -1,7 +1,8 @@
-"""Drone-camera views of a north-up map: a pinhole camera at altitude with yaw, pitch and FOV.
+"""Drone-camera views of a north-up map: a pinhole camera at altitude with yaw, tilt and roll.
 
-Ground plane -> image is a homography H = K [r1 r2 t]; composed with map pixel -> ground it
-warps the map straight into the camera image. Lighting, blur and noise make the views less clean.
+Ground plane -> image is the homography of `skyloc.runtime.camera` (the same geometry the
+localizer inverts); composed with map pixel -> ground it warps the map straight into the camera
+image. Lighting, blur and noise make the views less clean.
 """
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from skyloc.runtime import camera as geometry
 
 
 @dataclass
@@ -21,6 +24,15 @@ class Camera:
     hfov: float = 60.0  # horizontal field of view, degrees
     width: int = 384
     height: int = 384
+    roll: float = 0.0  # vehicle roll, degrees (right side down)
+
+    @property
+    def intrinsics(self) -> geometry.Intrinsics:
+        return geometry.Intrinsics(self.width, self.height, self.hfov)
+
+    @property
+    def pose(self) -> geometry.Pose:
+        return geometry.Pose(self.x, self.y, self.altitude, self.yaw, tilt=self.pitch, roll=self.roll)
 
     def footprint_m(self) -> float:
         """Ground width seen across the image centre line at nadir."""
@@ -29,16 +41,7 @@ class Camera:
 
 def ground_to_image(cam: Camera) -> np.ndarray:
     """3x3 homography from ground (x, y, 1) in metres to image pixels."""
-    f = (cam.width / 2.0) / np.tan(np.radians(cam.hfov) / 2.0)
-    k = np.array([[f, 0, cam.width / 2.0], [0, f, cam.height / 2.0], [0, 0, 1]])
-    psi, theta = np.radians(cam.yaw), np.radians(cam.pitch)
-    heading = np.array([np.sin(psi), np.cos(psi), 0.0])
-    right = np.array([np.cos(psi), -np.sin(psi), 0.0])
-    forward = np.cos(theta) * np.array([0.0, 0.0, -1.0]) + np.sin(theta) * heading  # optical axis
-    down = np.cross(forward, right)  # image y axis
-    r = np.stack([right, down, forward])  # world -> camera
-    centre = np.array([cam.x, cam.y, cam.altitude])
-    return k @ np.column_stack([r[:, 0], r[:, 1], -r @ centre])
+    return geometry.ground_to_image(cam.intrinsics, cam.pose)
 
 
 def render_view(map_rgb: np.ndarray, transform, cam: Camera) -> np.ndarray:
@@ -76,3 +79,16 @@ def photometric(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0
     out = np.clip(x, 0, 255).astype(np.uint8)
     ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.uniform(70, 95))])
     return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else out
+
+
+def motion_blur(img: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    """Blur along an image-space motion of (dx, dy) pixels during the exposure."""
+    length = float(np.hypot(dx, dy))
+    if length < 1.0:
+        return img
+    n = int(np.ceil(length)) | 1
+    k = np.zeros((n, n), np.float32)
+    c = n // 2
+    for t in np.linspace(-0.5, 0.5, 4 * n):
+        k[int(round(c + t * dy)), int(round(c + t * dx))] = 1.0
+    return cv2.filter2D(img, -1, k / k.sum(), borderType=cv2.BORDER_REFLECT)

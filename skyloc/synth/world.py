@@ -170,17 +170,48 @@ def _trees(img, n, rng, tree_rgb, gsd) -> None:
         cv2.circle(img, (int(x), int(y)), r, tuple(int(v) for v in shade), -1, cv2.LINE_AA)
 
 
-def write_geotiff(world: SynthMap, path: str | Path) -> Path:
-    """Write an RGB GeoTIFF (tiled, deflate) that rasterio/GDAL and QGIS read."""
+def add_border(image: np.ndarray, share: float, value: int = 255, seed: int = 0) -> np.ndarray:
+    """Paint `share` of the image outside a tilted footprint with a constant `value`, like the
+    undeclared white border around a real orthophoto mosaic (no nodata in the file)."""
+    if share <= 0:
+        return image
+    n_h, n_w = image.shape[:2]
+    rng = np.random.default_rng(seed + 17)
+    angle = float(rng.uniform(15, 35))
+    keep = np.zeros((n_h, n_w), np.uint8)
+    for side in np.linspace(1.5, 0.2, 60):  # shrink a tilted square until the border share is reached
+        keep[:] = 0
+        box = cv2.boxPoints(((n_w / 2, n_h / 2), (side * n_w, side * n_h), angle)).astype(np.int32)
+        cv2.fillConvexPoly(keep, box, 1)
+        if 1.0 - keep.mean() >= share:
+            break
+    out = image.copy()
+    out[keep == 0] = value
+    return out
+
+
+def write_geotiff(world: SynthMap, path: str | Path, bands: int = 3, border: float = 0.0, border_value: int = 255,
+                  seed: int = 0) -> Path:
+    """Write a GeoTIFF (tiled, deflate) that rasterio/GDAL and QGIS read.
+
+    bands=1 writes the grey (luminance) map, as panchromatic orthophotos come; border > 0 adds an
+    undeclared constant border over that share of the extent.
+    """
     import rasterio
     from affine import Affine
 
+    from skyloc.runtime.preprocess import to_grey
+
+    if bands not in (1, 3):
+        raise SkylocError(f"--bands {bands}: synthetic maps are written with 1 (grey) or 3 (RGB) bands")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    h, w, _ = world.image.shape
-    profile = dict(driver="GTiff", width=w, height=h, count=3, dtype="uint8", crs=world.crs,
+    img = world.image if bands == 3 else to_grey(world.image)[..., None]
+    img = add_border(img, border, border_value, seed)
+    h, w = img.shape[:2]
+    profile = dict(driver="GTiff", width=w, height=h, count=bands, dtype="uint8", crs=world.crs,
                    transform=Affine(*world.transform), tiled=True, blockxsize=256, blockysize=256,
-                   compress="deflate", photometric="RGB")
+                   compress="deflate", photometric="RGB" if bands == 3 else "MINISBLACK")
     with rasterio.open(path, "w", **profile) as dst:
-        dst.write(np.transpose(world.image, (2, 0, 1)))
+        dst.write(np.transpose(img, (2, 0, 1)))
     return path

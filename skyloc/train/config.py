@@ -28,6 +28,8 @@ class TrainConfig(BaseModel):
     loss: Literal["triplet", "infonce"] = "triplet"
     color_jitter: float = Field(0.0, ge=0, le=1, description="share of images given hue/saturation/channel "
                                 "shifts (cross-season training); slows short runs down")
+    colour: Literal["auto", "rgb", "grey"] = Field("auto", description="auto: grey when the satellite images are "
+                                                   "grey (a panchromatic map); the model records it")
     margin: float = 0.3
     temperature: float = 0.07
     ce_weight: float = 1.0

@@ -11,10 +11,9 @@ import torch
 from torch.utils.data import Dataset
 
 from skyloc.errors import SkylocError
-from skyloc.runtime.preprocess import DataConfig, load_image
+from skyloc.runtime.preprocess import IMAGE_EXT, DataConfig, is_grey, load_image
 from skyloc.train.predict import to_tensor
 
-from skyloc.runtime.preprocess import IMAGE_EXT
 SUES_HEIGHTS = ("150", "200", "250", "300")
 
 
@@ -77,6 +76,13 @@ def detect_layout(root: str | Path, height: str | None = None) -> Layout:
         return Layout("folder", root / "drone", root / "satellite", {})
     raise SkylocError(f"{root} is not a known layout: expected train/ and test/ (University-1652), "
                       "Training/<height>/ (SUES-200) or drone/ + satellite/ (folder)")
+
+
+def detect_colour(satellite: ViewSet, samples: int = 24) -> str:
+    """"grey" when the satellite views are grey (a panchromatic or single-band map), else "rgb"."""
+    files = [p for p, _ in satellite.items]
+    step = max(1, len(files) // samples)
+    return "grey" if all(is_grey(load_image(p)) for p in files[::step][:samples]) else "rgb"
 
 
 def augment(img: np.ndarray, rng: random.Random, size: int, rotate: float = 0.0, erase: float = 0.0,

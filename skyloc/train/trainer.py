@@ -8,6 +8,7 @@ import math
 import os
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from skyloc.errors import SkylocError
 from skyloc.models import create_model
 from skyloc.models.checkpoint import read_checkpoint, save_checkpoint
 from skyloc.train.config import TrainConfig
-from skyloc.train.datasets import PairDataset, detect_layout, read_view
+from skyloc.train.datasets import PairDataset, detect_colour, detect_layout, read_view
 from skyloc.train.losses import branch_cross_entropy, cross_view_triplet, info_nce
 
 log = logging.getLogger("skyloc.train")
@@ -59,9 +60,14 @@ def train(cfg: TrainConfig, resume: bool = True, console=None) -> dict:
         raise SkylocError(f"{ckpt_path} is a {state['model_name']} run, not {cfg.model}: use another --out")
 
     probe = create_model(cfg.model, num_classes=2)
-    dataset = PairDataset(drone, sat, probe.data_config, k_sat=cfg.k_sat, seed=cfg.seed, color_jitter=cfg.color_jitter)
+    colour = cfg.colour if cfg.colour != "auto" else detect_colour(sat)
+    data_config = replace(probe.data_config, colour=colour)
+    dataset = PairDataset(drone, sat, data_config, k_sat=cfg.k_sat, seed=cfg.seed, color_jitter=cfg.color_jitter)
     model = create_model(cfg.model, num_classes=dataset.num_classes, pretrained=cfg.pretrained,
                          backbone_weights=cfg.backbone_weights).to(device)
+    model.data_config = data_config
+    if rank == 0 and colour == "grey":
+        log.info("grey satellite images: training a grey model (frames are turned grey at run time too)")
     groups = [{"params": model.backbone_parameters(), "lr": cfg.backbone_lr},
               {"params": model.head_parameters(), "lr": cfg.lr}]
     opt = torch.optim.SGD(groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)

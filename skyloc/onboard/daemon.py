@@ -17,10 +17,12 @@ import time
 from pathlib import Path
 
 from skyloc.runtime.cache import TileCache
-from skyloc.runtime.config import DaemonConfig
+from skyloc.onboard.config import DaemonConfig
 from skyloc.runtime.embedder import create_embedder
-from skyloc.runtime.localizer import NO_FIX, Estimate, Localizer, LocalizerConfig
-from skyloc.runtime.sources import LatestFrame
+from skyloc.onboard.sources import LatestFrame
+from skyloc.runtime.estimate import NO_FIX, Estimate
+from skyloc.runtime.localizer import Localizer, LocalizerConfig
+from skyloc.runtime.relocalization import RelocalizationConfig
 
 log = logging.getLogger("skyloc.daemon")
 
@@ -39,13 +41,14 @@ class Daemon:
         ls = cfg.localizer
         self.localizer = Localizer(
             self.embedder, self.cache,
-            LocalizerConfig(top_k=ls.top_k, refine=ls.refine, use_filter=ls.use_filter, hfov_deg=cfg.camera.hfov_deg,
-                            camera_pitch_deg=cfg.camera.pitch_deg,
-                            ok_confidence=ls.ok_confidence, low_confidence=ls.low_confidence),
-            map_path=cfg.map, use_faiss=ls.faiss)
+            LocalizerConfig(hfov_deg=cfg.camera.hfov_deg, camera_pitch_deg=cfg.camera.pitch_deg,
+                            registration_interval_s=ls.registration_interval_s,
+                            attitude_sigma_deg=ls.attitude_sigma_deg, altitude_range_m=ls.altitude_range_m,
+                            relocalization=RelocalizationConfig(top_k=ls.top_k)),
+            map_path=cfg.map, use_faiss=ls.faiss, map_nodata=cfg.map_nodata, start=ls.start)
         self.link = None
         if cfg.mavlink is not None:
-            from skyloc.runtime.mavlink import MavlinkLink
+            from skyloc.onboard.mavlink import MavlinkLink
 
             m = cfg.mavlink
             key = None
@@ -60,7 +63,7 @@ class Daemon:
             path = self.log_dir / f"frames-{time.strftime('%Y%m%d-%H%M%S')}.csv"
             self._csv_file = open(path, "w", newline="")
             self._csv = csv.writer(self._csv_file)
-            self._csv.writerow(["wall_time", "frame", "status", "lat", "lon", "accuracy_m", "confidence", "refined",
+            self._csv.writerow(["wall_time", "frame", "status", "lat", "lon", "accuracy_m", "confidence", "source",
                                 "yaw", "alt", "latency_ms", "message"])
 
     def install_signal_handlers(self) -> None:
@@ -110,15 +113,18 @@ class Daemon:
                     continue
                 self.frames += 1
                 tel = self.link.telemetry if self.link else None
-                yaw = None
+                yaw = roll = pitch = None
                 if tel is not None and tel.yaw_deg is not None:
                     yaw = (tel.yaw_deg + self.cfg.camera.mount_yaw_deg) % 360
+                    roll, pitch = tel.roll_deg, tel.pitch_deg
                 alt = tel.altitude_agl if tel is not None else None
+                now = time.time()
+                self._gnss_prior(now)
                 if frame.image is None:
-                    est = Estimate(time.time(), NO_FIX, message="corrupt frame")
+                    est = Estimate(now, NO_FIX, message="corrupt frame")
                 else:
                     try:
-                        est = self.localizer.locate(frame.image, time.time(), yaw, alt)
+                        est = self.localizer.locate(frame.image, now, yaw, alt, roll_deg=roll, vehicle_pitch_deg=pitch)
                     except Exception as exc:  # one bad frame must not stop the daemon
                         self.errors += 1
                         log.error("frame %d failed: %s", frame.index, exc)
@@ -137,6 +143,19 @@ class Daemon:
         log.info("stopped after %d frames (%d errors)", self.frames, self.errors)
         return 0
 
+    def _gnss_prior(self, now: float) -> None:
+        """While skyloc has no confirmed track, the autopilot's own GNSS fix starts one. The raw
+        receiver fix (GPS_RAW_INT) is used, never the EKF's output, and only while skyloc's own
+        GPS_INPUT carries no fix, so skyloc's output is never fed back to itself as a prior."""
+        if not self.cfg.localizer.gnss_prior or self.link is None:
+            return
+        fix = self.link.gnss_fix(now)
+        if fix is None:
+            return
+        lat, lon, acc = fix
+        if self.localizer.set_prior(now, lat, lon, radius_m=max(15.0, 3.0 * acc), source="autopilot GNSS"):
+            log.info("track started from the autopilot's GNSS fix (+-%.0f m)", acc)
+
     def _publish(self, est: Estimate, yaw, alt) -> None:
         if self.link is not None:
             self.link.publish(est)
@@ -145,7 +164,7 @@ class Daemon:
         self.last = est
         if self._csv_file:
             self._csv.writerow([f"{time.time():.3f}", self.frames, est.status, f"{est.lat:.8f}", f"{est.lon:.8f}",
-                                f"{est.horizontal_accuracy:.1f}", f"{est.confidence:.3f}", int(est.refined),
+                                f"{est.horizontal_accuracy:.1f}", f"{est.confidence:.3f}", est.source,
                                 "" if yaw is None else f"{yaw:.1f}", "" if alt is None else f"{alt:.1f}",
                                 f"{est.latency_ms.get('total', math.nan):.1f}", est.message])
             self._csv_file.flush()

@@ -20,7 +20,9 @@ class TelemetrySample:
     lat: float = math.nan
     lon: float = math.nan
     alt: float = math.nan  # metres above ground (take-off)
-    yaw: float = math.nan  # degrees clockwise from north
+    yaw: float = math.nan  # degrees clockwise from north (the camera's heading)
+    roll: float = math.nan  # vehicle roll, degrees (for cameras fixed to the airframe)
+    pitch: float = math.nan  # vehicle pitch, degrees
 
 
 class TelemetryTrack:
@@ -35,6 +37,8 @@ class TelemetryTrack:
         self.lat = np.array([s.lat for s in samples])
         self.lon = np.array([s.lon for s in samples])
         self.alt = np.array([s.alt for s in samples])
+        self.roll = np.array([s.roll for s in samples])
+        self.pitch = np.array([s.pitch for s in samples])
         yaw = np.array([s.yaw for s in samples])
         if np.all(np.isnan(yaw)) and len(samples) > 1:  # GPX/SRT without yaw: the track's bearing
             dlat = np.gradient(self.lat)
@@ -53,7 +57,8 @@ class TelemetryTrack:
             r = np.radians(self.yaw[yaw_ok])
             s, c = np.interp(t, self.t[yaw_ok], np.sin(r)), np.interp(t, self.t[yaw_ok], np.cos(r))
             yaw = math.degrees(math.atan2(s, c)) % 360
-        return TelemetrySample(t, interp(self.lat), interp(self.lon), interp(self.alt), yaw)
+        return TelemetrySample(t, interp(self.lat), interp(self.lon), interp(self.alt), yaw, interp(self.roll),
+                               interp(self.pitch))
 
 
 def load_telemetry(path: str | Path) -> TelemetryTrack:

@@ -20,11 +20,14 @@ class CameraConfig(_Strict):
 
 
 class LocalizerSettings(_Strict):
-    top_k: int = Field(10, ge=1)
-    refine: bool = True
-    use_filter: bool = True
-    ok_confidence: float = Field(0.6, ge=0, le=1)
-    low_confidence: float = Field(0.3, ge=0, le=1)
+    start: Optional[tuple[float, float, float]] = Field(
+        None, description="[lat, lon, radius_m]: where the flight starts; the track begins there")
+    gnss_prior: bool = Field(True, description="start (and restart) the track from the autopilot's own GNSS fix "
+                             "(GPS_RAW_INT, 3D) while skyloc has no track of its own")
+    registration_interval_s: float = Field(0.5, gt=0, description="map registration rate while tracking")
+    attitude_sigma_deg: float = Field(0.5, ge=0, description="attitude and timing error of the telemetry")
+    altitude_range_m: Optional[tuple[float, float]] = Field(None, description="altitudes to try without telemetry")
+    top_k: int = Field(10, ge=1, description="retrieval candidates during relocalization")
     faiss: bool = False
 
 
@@ -52,7 +55,8 @@ class DaemonConfig(_Strict):
     precision: Literal["fp32", "fp16", "int8"] = "fp16"
     engine_cache: str = Field("engines", description="writable folder for TensorRT engines built on first start")
     cache: str = Field(..., description="tile cache directory")
-    map: Optional[str] = Field(None, description="the cache's GeoTIFF, for refinement (default: manifest path)")
+    map: Optional[str] = Field(None, description="the cache's GeoTIFF, for registration (default: manifest path)")
+    map_nodata: Optional[float] = Field(None, description="map value meaning no data (default: as the cache was built)")
     source: str = Field(..., description="video URI: file, folder, v4l2://, csi://, rtsp://, gst://")
     max_fps: float = Field(5.0, gt=0)
     camera: CameraConfig = CameraConfig()

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from skyloc.errors import SkylocError
 from skyloc.runtime.geo import Geodesy, utm_crs_for
-from skyloc.runtime.localizer import NO_FIX, OK, Estimate
+from skyloc.runtime.estimate import NO_FIX, OK, Estimate
 
 os.environ.setdefault("MAVLINK20", "1")
 from pymavlink import mavutil  # noqa: E402  (MAVLINK20 must be set before the import)
@@ -49,10 +49,14 @@ class Telemetry:
     """The newest telemetry from the autopilot; None where nothing has arrived yet."""
 
     yaw_deg: float | None = None  # ATTITUDE yaw, 0..360 clockwise from north
+    roll_deg: float | None = None  # ATTITUDE roll and pitch (for cameras fixed to the airframe)
+    pitch_deg: float | None = None
     altitude_agl: float | None = None  # GLOBAL_POSITION_INT relative_alt (m above home)
     heading_deg: float | None = None
-    lat: float | None = None  # prior while GNSS still works
+    lat: float | None = None  # GLOBAL_POSITION_INT (the autopilot's estimate)
     lon: float | None = None
+    gnss: tuple[float, float, float, int] | None = None  # GPS_RAW_INT: lat, lon, accuracy (m), fix_type
+    gnss_time: float = 0.0
     updated: float = 0.0
 
 
@@ -87,6 +91,7 @@ class MavlinkLink:
         self._latest_wall = 0.0
         self._last_status: str | None = None
         self._last_heartbeat_rx = 0.0
+        self._last_fix_sent = -math.inf
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -159,7 +164,13 @@ class MavlinkLink:
                 self._last_heartbeat_rx = now
         elif kind == "ATTITUDE":
             t.yaw_deg = math.degrees(msg.yaw) % 360.0
+            t.roll_deg, t.pitch_deg = math.degrees(msg.roll), math.degrees(msg.pitch)
             t.updated = now
+        elif kind == "GPS_RAW_INT":
+            acc = getattr(msg, "h_acc", 0) / 1000.0 if getattr(msg, "h_acc", 0) else (
+                msg.eph / 100.0 * 2.5 if msg.eph not in (0, 65535) else 10.0)  # HDOP x ~2.5 m UERE
+            t.gnss = (msg.lat / 1e7, msg.lon / 1e7, max(1.0, acc), int(msg.fix_type))
+            t.gnss_time = now
         elif kind == "GLOBAL_POSITION_INT":
             t.altitude_agl = msg.relative_alt / 1000.0
             if msg.hdg != 65535:
@@ -182,6 +193,16 @@ class MavlinkLink:
                 self._send_gps_input(now)
                 next_gps = max(next_gps + period, now - period)  # steady rate, no bursts after a stall
             self._stop.wait(max(0.0, min(next_hb, next_gps if "gps_input" in self.outputs else next_hb) - time.time()))
+
+    def gnss_fix(self, now: float, max_age: float = 2.0, quiet_s: float = 5.0) -> tuple[float, float, float] | None:
+        """The autopilot's own GNSS fix (lat, lon, accuracy m) when it is a fresh 3D fix that cannot
+        be skyloc's: if skyloc sends GPS_INPUT, none of it may have carried a fix for `quiet_s`."""
+        g = self.telemetry.gnss
+        if g is None or now - self.telemetry.gnss_time > max_age or g[3] < 3 or not (g[0] or g[1]):
+            return None
+        if "gps_input" in self.outputs and now - self._last_fix_sent < quiet_s:
+            return None
+        return g[0], g[1], g[2]
 
     def statustext(self, text: str, severity: int = mavutil.mavlink.MAV_SEVERITY_NOTICE) -> None:
         self._send("STATUSTEXT", self.conn.mav.statustext_send, severity, text[:50].encode())
@@ -267,4 +288,6 @@ class MavlinkLink:
 
     def _send_gps_input(self, now: float) -> None:
         f = self.gps_input_fields(now)
+        if f["fix_type"] >= 3:
+            self._last_fix_sent = now
         self._send("GPS_INPUT", lambda: self.conn.mav.gps_input_send(**f))

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from skyloc.runtime.localizer import NO_FIX, OK, Estimate, Localizer
-from skyloc.runtime.sources import open_source
-from skyloc.runtime.telemetry import TelemetryTrack
+from skyloc.runtime.estimate import LOW, NO_FIX, OK, Estimate
+from skyloc.runtime.localizer import Localizer
+from skyloc.onboard.sources import open_source
+from skyloc.onboard.telemetry import TelemetryTrack
 
 log = logging.getLogger("skyloc.replay")
 
@@ -40,25 +41,36 @@ class ReplayResult:
 
 
 def error_report(rows: list[ReplayRow], footprint_m: float) -> dict:
-    """Median/p90/max error, share within 10/25/50 m, availability of ok fixes, ok-but-far-off share."""
+    """Availability, errors, calibration (ok fixes within 3x their reported accuracy), latency."""
     n = len(rows)
     status = np.array([r.est.status for r in rows])
     err = np.array([r.error_m for r in rows])
+    acc = np.array([r.est.horizontal_accuracy for r in rows])
+    t = np.array([r.est.time for r in rows])
     ok = status == OK
-    rep = {"frames": n, "ok": int(ok.sum()), "low_confidence": int((status == "low-confidence").sum()),
+    rep = {"frames": n, "ok": int(ok.sum()), "low_confidence": int((status == LOW).sum()),
            "no_fix": int((status == NO_FIX).sum()), "availability_ok": float(ok.mean()) if n else 0.0,
-           "footprint_m": footprint_m}
-    lat = [r.est.latency_ms.get("total", math.nan) for r in rows if r.est.latency_ms]
-    rep["latency_ms_median"] = float(np.nanmedian(lat)) if lat else math.nan
+           "footprint_m": footprint_m,
+           "registrations": int(sum(r.est.registered for r in rows)),
+           "odometry_frames": int(sum(r.est.odometry for r in rows)),
+           "track_starts": int(len({r.est.track_id for r in rows if r.est.track_id})),
+           "time_to_first_ok_s": float(t[ok][0] - t[0]) if ok.any() else None}
+    lat = np.array([r.est.latency_ms.get("total", math.nan) for r in rows if r.est.latency_ms])
+    rep["latency_ms_median"] = float(np.nanmedian(lat)) if lat.size else math.nan
+    rep["latency_ms_p90"] = float(np.nanpercentile(lat, 90)) if lat.size else math.nan
+    rep["latency_ms_max"] = float(np.nanmax(lat)) if lat.size else math.nan
     if np.isfinite(err).any():
         for name, mask in (("ok", ok & np.isfinite(err)), ("all", np.isfinite(err))):
             e = err[mask]
             if e.size:
                 rep[f"error_{name}"] = {
                     "median_m": float(np.median(e)), "p90_m": float(np.percentile(e, 90)), "max_m": float(e.max()),
-                    "within_10m": float(np.mean(e <= 10)), "within_25m": float(np.mean(e <= 25)),
-                    "within_50m": float(np.mean(e <= 50)), "count": int(e.size)}
-        far = ok & np.isfinite(err) & (err > footprint_m)
+                    "within_5m": float(np.mean(e <= 5)), "within_10m": float(np.mean(e <= 10)),
+                    "within_25m": float(np.mean(e <= 25)), "count": int(e.size)}
+        graded = ok & np.isfinite(err)
+        rep["ok_within_3x_accuracy"] = float(np.mean(err[graded] <= 3 * acc[graded])) if graded.any() else None
+        rep["ok_over_25m"] = int((graded & (err > 25)).sum())
+        far = graded & (err > footprint_m)
         rep["ok_far_off"] = int(far.sum())
         rep["ok_far_off_share"] = float(far.sum() / max(1, ok.sum()))
     return rep
@@ -72,15 +84,19 @@ def report_table(rep: dict, title: str = "replay report"):
     t.add_row("frames", str(rep["frames"]))
     t.add_row("ok / low-confidence / no-fix", f"{rep['ok']} / {rep['low_confidence']} / {rep['no_fix']}")
     t.add_row("availability of ok fixes", f"{rep['availability_ok']:.1%}")
+    first = rep.get("time_to_first_ok_s")
+    t.add_row("time to the first ok fix", "never" if first is None else f"{first:.1f} s")
+    t.add_row("registrations / odometry frames", f"{rep.get('registrations', 0)} / {rep.get('odometry_frames', 0)}")
     for key, label in (("error_ok", "ok fixes"), ("error_all", "all fixes")):
         e = rep.get(key)
         if e:
-            t.add_row(f"error, {label}: median / p90 / max", f"{e['median_m']:.1f} / {e['p90_m']:.1f} / {e['max_m']:.1f} m")
-            t.add_row(f"{label} within 10 / 25 / 50 m", f"{e['within_10m']:.0%} / {e['within_25m']:.0%} / {e['within_50m']:.0%}")
-    if "ok_far_off" in rep:
-        t.add_row(f"ok fixes off by more than a tile ({rep['footprint_m']:.0f} m)",
-                  f"{rep['ok_far_off']} ({rep['ok_far_off_share']:.1%})")
-    t.add_row("median latency per frame", f"{rep['latency_ms_median']:.0f} ms")
+            t.add_row(f"error {label}: median/p90/max", f"{e['median_m']:.1f} / {e['p90_m']:.1f} / {e['max_m']:.1f} m")
+            t.add_row(f"{label} within 5 / 10 / 25 m", f"{e['within_5m']:.0%} / {e['within_10m']:.0%} / {e['within_25m']:.0%}")
+    if rep.get("ok_within_3x_accuracy") is not None:
+        t.add_row("ok within 3x reported accuracy", f"{rep['ok_within_3x_accuracy']:.1%}")
+        t.add_row("ok fixes more than 25 m off", str(rep["ok_over_25m"]))
+    t.add_row("ms per frame: median / p90 / max",
+              f"{rep['latency_ms_median']:.0f} / {rep['latency_ms_p90']:.0f} / {rep['latency_ms_max']:.0f} ms")
     return t
 
 
@@ -96,14 +112,16 @@ def replay(video: str, localizer: Localizer, telemetry: TelemetryTrack | None = 
             if max_frames is not None and frame.index >= max_frames:
                 break
             tel = telemetry.at(frame.timestamp) if telemetry is not None else None
-            yaw = tel.yaw if tel is not None and math.isfinite(tel.yaw) else None
-            alt = tel.alt if tel is not None and math.isfinite(tel.alt) else None
+            yaw = _finite(tel.yaw) if tel is not None else None
+            alt = _finite(tel.alt) if tel is not None else None
             if realtime:  # recorded pace, so a SITL peer sees what it would in flight
                 time.sleep(max(0.0, start_wall + frame.timestamp - time.time()))
             if frame.image is None:
                 est = Estimate(frame.timestamp, NO_FIX, message="corrupt frame")
             else:
-                est = localizer.locate(frame.image, frame.timestamp, yaw, alt)
+                est = localizer.locate(frame.image, frame.timestamp, yaw, alt,
+                                       roll_deg=_finite(tel.roll) if tel is not None else None,
+                                       vehicle_pitch_deg=_finite(tel.pitch) if tel is not None else None)
             row = ReplayRow(frame.index, est, yaw=yaw if yaw is not None else math.nan,
                             alt=alt if alt is not None else math.nan)
             if tel is not None and math.isfinite(tel.lat):
@@ -126,20 +144,24 @@ def replay(video: str, localizer: Localizer, telemetry: TelemetryTrack | None = 
     return res
 
 
+def _finite(v: float) -> float | None:
+    return float(v) if v is not None and math.isfinite(v) else None
+
+
 def write_outputs(res: ReplayResult, out: Path, localizer: Localizer) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     files = {"csv": out / "track.csv", "geojson": out / "track.geojson", "kml": out / "track.kml",
              "report": out / "report.json"}
     with open(files["csv"], "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["frame", "time", "status", "lat", "lon", "horizontal_accuracy_m", "confidence", "refined",
-                    "best_score", "truth_lat", "truth_lon", "error_m", "latency_ms"])
+        w.writerow(["frame", "time", "status", "lat", "lon", "horizontal_accuracy_m", "confidence", "source",
+                    "registered", "odometry", "inliers", "truth_lat", "truth_lon", "error_m", "latency_ms", "message"])
         for r in res.rows:
             e = r.est
             w.writerow([r.frame, f"{e.time:.3f}", e.status, f"{e.lat:.8f}", f"{e.lon:.8f}",
-                        f"{e.horizontal_accuracy:.1f}", f"{e.confidence:.3f}", int(e.refined), f"{e.best_score:.4f}",
-                        f"{r.truth_lat:.8f}", f"{r.truth_lon:.8f}", f"{r.error_m:.1f}",
-                        f"{e.latency_ms.get('total', math.nan):.1f}"])
+                        f"{e.horizontal_accuracy:.2f}", f"{e.confidence:.3f}", e.source, int(e.registered),
+                        int(e.odometry), e.inliers, f"{r.truth_lat:.8f}", f"{r.truth_lon:.8f}", f"{r.error_m:.2f}",
+                        f"{e.latency_ms.get('total', math.nan):.1f}", e.message])
     feats = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [r.est.lon, r.est.lat]},
               "properties": {"frame": r.frame, "time": r.est.time, "status": r.est.status,
                              "accuracy_m": r.est.horizontal_accuracy, "error_m": None if math.isnan(r.error_m) else r.error_m}}
@@ -189,12 +211,12 @@ def plot_replay(res: ReplayResult, out: Path, localizer: Localizer) -> dict:
         img = localizer.map.read_window(cx, cy, side, 800)
         ax.imshow(img, extent=(cx - side / 2, cx + side / 2, cy - side / 2, cy + side / 2), alpha=0.8)
     if truth.size:
-        ax.plot(truth[:, 0], truth[:, 1], "-", color="white", lw=3)
-        ax.plot(truth[:, 0], truth[:, 1], "-", color="black", lw=1.2, label="ground truth")
+        ax.plot(truth[:, 0], truth[:, 1], "-", color="white", lw=2.5, zorder=2)
+        ax.plot(truth[:, 0], truth[:, 1], "-", color="black", lw=0.8, label="ground truth", zorder=2)
     for status, c in colours.items():
         xy = np.array([p for p, s in pts if s == status])
         if xy.size:
-            ax.scatter(xy[:, 0], xy[:, 1], s=14, c=c, label=status, edgecolors="black", linewidths=0.3)
+            ax.scatter(xy[:, 0], xy[:, 1], s=6, c=c, label=status, linewidths=0, zorder=3)
     ax.ticklabel_format(useOffset=False, style="plain")
     ax.set_title("skyloc replay: estimated track")
     ax.set_xlabel("east (m)")
@@ -205,20 +227,32 @@ def plot_replay(res: ReplayResult, out: Path, localizer: Localizer) -> dict:
     fig.savefig(files["track_plot"], dpi=100)
     plt.close(fig)
 
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 5), sharex=True)
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     t = np.array([r.est.time for r in res.rows])
     err = np.array([r.error_m for r in res.rows])
+    acc = np.array([r.est.horizontal_accuracy for r in res.rows])
     status = np.array([r.est.status for r in res.rows])
-    for s, c in colours.items():
-        m = status == s
-        a1.scatter(t[m], err[m], s=10, c=c, label=s)
-    a1.set_yscale("symlog", linthresh=10)
+    has = np.isfinite(acc)
+    a1.fill_between(t, 0, np.where(has, 3 * acc, np.nan), color="tab:blue", alpha=0.15, step="mid",
+                    label="3 x reported accuracy")
+    for s_, c in colours.items():
+        m = status == s_
+        a1.scatter(t[m], err[m], s=6, c=c, label=f"error ({s_})")
+    a1.set_yscale("log")
+    finite = err[np.isfinite(err)]
+    a1.set_ylim(max(0.01, 0.5 * float(finite.min())) if finite.size else 0.1,
+                max(1.0, 2 * float(np.nanmax(np.where(has, 3 * acc, np.nan))) if has.any() else 100.0))
     a1.set_ylabel("error (m)")
-    a1.legend(fontsize=8)
-    a2.plot(t, [r.est.confidence for r in res.rows], color="tab:blue")
-    a2.set_ylabel("confidence")
+    a1.set_title("skyloc replay: error against reported accuracy")
+    a1.legend(fontsize=8, loc="upper right")
+    reg = np.array([r.est.registered for r in res.rows])
+    odo = np.array([r.est.odometry for r in res.rows])
+    a2.vlines(t[reg], 1.0, 2.0, color="tab:green", lw=0.8, label="verified registration")
+    a2.vlines(t[~odo], 0.0, 1.0, color="tab:red", lw=0.8, label="no odometry")
+    a2.set_yticks([])
+    a2.set_ylim(0, 2)
     a2.set_xlabel("time (s)")
-    a2.set_ylim(0, 1.02)
+    a2.legend(fontsize=7, loc="upper right", ncol=2)
     fig.tight_layout()
     files["error_plot"] = out / "errors.png"
     fig.savefig(files["error_plot"], dpi=100)

@@ -1,0 +1,345 @@
+"""Map registration: where exactly a frame lies on the map, near a predicted position.
+
+The frame is warped north-up onto the ground at a working resolution with its own attitude and
+altitude (so yaw, scale and tilt are already undone), the map window that the prediction allows
+is read at the same resolution, and local features on contrast-normalised grey images (colour
+frames and grey maps meet there) are matched. A similarity fitted with RANSAC must then pass
+checks before the result counts: enough inliers and a high enough share, rotation and scale
+close to what telemetry said, inliers spread over the frame, the position inside the search
+area, and no second, different place that fits almost as well. Only such a verified
+registration earns an "ok" position.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from skyloc.runtime.camera import Intrinsics, Pose, footprint, image_to_ground, project
+from skyloc.runtime.geo import GeoMap
+from skyloc.runtime.preprocess import normalize_contrast, to_grey
+
+
+@dataclass
+class RegistrationConfig:
+    features: str = "sift"  # RootSIFT on contrast-normalised grey
+    max_features: int = 4000
+    ratio: float = 0.9  # Lowe's ratio test (among the pairs geometry allows, so it can be loose)
+    min_inliers: int = 12
+    min_inlier_ratio: float = 0.1
+    max_log10_nfa: float = -3.0  # a-contrario: expected chance agreements of this many inliers, at most
+    max_rotation_deg: float = 8.0  # after the north-up warp: what is left is telemetry yaw error
+    max_scale_error: float = 0.12  # after the warp to the map's resolution: altitude error
+    ransac_px: float = 2.5
+    min_spread: float = 0.15  # inliers' convex hull, as a share of the frame's area on the ground
+    ambiguity: float = 0.6  # a second place with this share of the inliers makes the result ambiguous
+    min_frame_px: int = 140  # the warped frame's shorter side at the working resolution, at least
+    max_window_px: int = 1600  # largest map window side read for one registration
+    sigma_floor_px: float = 0.5  # registration accuracy cannot beat this share of a working pixel
+    max_angle_deg: float = 30.0  # keypoint orientations of a match may differ this much (both north-up)
+    max_size_ratio: float = 1.8  # keypoint sizes of a match may differ this much (both at one scale)
+    yaw_flip_ok: bool = False  # also accept the frame turned by 180 deg (gimbal yaw at nadir is ambiguous)
+
+
+@dataclass
+class Registration:
+    ok: bool
+    x: float = math.nan  # the drone's ground position (nadir), map CRS metres
+    y: float = math.nan
+    sigma: float = math.inf  # 1-sigma per axis, metres (image matching only; attitude error comes on top)
+    inliers: int = 0
+    matches: int = 0
+    inlier_ratio: float = 0.0
+    rotation_deg: float = 0.0
+    scale: float = 1.0
+    spread: float = 0.0
+    work_gsd: float = 0.0
+    corners: np.ndarray | None = field(default=None, repr=False)  # frame footprint on the map [4,2]
+    reason: str = ""
+
+
+def log10_nfa(n: int, k: int, p: float) -> float:
+    """log10 of the expected number of places where k of n random matches would agree by chance
+    (a-contrario test, as in ORSA): p is the chance that one random match agrees with a place."""
+    if k <= 0 or n <= 0 or p <= 0:
+        return 0.0
+    p = min(p, 1.0)
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(p)
+             + (n - i) * math.log1p(-p) if p < 1 else 0.0 for i in range(k, n + 1)]
+    top = max(terms)
+    log_tail = top + math.log(sum(math.exp(t - top) for t in terms))
+    return (log_tail + math.log(1.0 / p)) / math.log(10)
+
+
+def make_detector(kind: str, n: int):
+    if kind == "sift":
+        return cv2.SIFT_create(nfeatures=n)
+    raise ValueError(f"unknown feature type {kind!r}: use sift")
+
+
+class MapFeatures:
+    """Local features of the map at one working resolution, computed tile by tile on first use.
+
+    Consecutive registrations look at overlapping windows, so the map side of the matching is
+    detected once and reused (an LRU of tiles bounds the memory).
+    """
+
+    def __init__(self, gmap: GeoMap, gsd: float, describe, tile_px: int = 320, pad_px: int = 24,
+                 max_tiles: int = 400):
+        self.map, self.gsd, self.describe = gmap, gsd, describe
+        self.tile_px, self.pad_px, self.max_tiles = tile_px, pad_px, max_tiles
+        left, _, _, top = gmap.bounds
+        self.x0, self.y1 = left, top
+        self.tiles: dict[tuple[int, int], tuple] = {}
+
+    def _tile(self, i: int, j: int):
+        key = (i, j)
+        if key in self.tiles:
+            self.tiles[key] = self.tiles.pop(key)  # most recently used last
+            return self.tiles[key]
+        g, t, pad = self.gsd, self.tile_px, self.pad_px
+        side_px = t + 2 * pad
+        cx, cy = self.x0 + (i + 0.5) * t * g, self.y1 - (j + 0.5) * t * g
+        rgb, valid = self.map.read_window_masked(cx, cy, side_px * g, side_px)
+        feats = None
+        if valid.mean() > 0.02:
+            valid = cv2.erode(valid.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+            feats = self.describe(to_grey(rgb), valid)
+        if feats is not None:
+            xy, ang, size, desc = feats
+            core = np.all((xy >= pad) & (xy < pad + t), axis=1)
+            ground = np.column_stack([cx + (xy[core, 0] - side_px / 2) * g, cy - (xy[core, 1] - side_px / 2) * g])
+            feats = (ground, ang[core], size[core], desc[core])
+        self.tiles[key] = feats
+        while len(self.tiles) > self.max_tiles:
+            self.tiles.pop(next(iter(self.tiles)))
+        return feats
+
+    def window(self, wx0: float, wy1: float, w_px: int, h_px: int):
+        """Features inside the window whose top-left corner is (wx0, wy1), in window pixels."""
+        g, t = self.gsd, self.tile_px
+        i0, i1 = int(math.floor((wx0 - self.x0) / (t * g))), int(math.floor((wx0 + w_px * g - self.x0) / (t * g)))
+        j0, j1 = int(math.floor((self.y1 - wy1) / (t * g))), int(math.floor((self.y1 - wy1 + h_px * g) / (t * g)))
+        parts = [f for i in range(max(0, i0), i1 + 1) for j in range(max(0, j0), j1 + 1)
+                 if (f := self._tile(i, j)) is not None and len(f[0])]
+        if not parts:
+            return None
+        ground = np.concatenate([p[0] for p in parts])
+        xy = np.column_stack([(ground[:, 0] - wx0) / g, (wy1 - ground[:, 1]) / g]).astype(np.float32)
+        inside = (xy[:, 0] >= 0) & (xy[:, 0] < w_px) & (xy[:, 1] >= 0) & (xy[:, 1] < h_px)
+        if not inside.any():
+            return None
+        return (xy[inside], np.concatenate([p[1] for p in parts])[inside],
+                np.concatenate([p[2] for p in parts])[inside], np.concatenate([p[3] for p in parts])[inside])
+
+
+class MapRegistration:
+    """Registers frames against one map (GeoMap) around a predicted position."""
+
+    def __init__(self, gmap: GeoMap, config: RegistrationConfig | None = None):
+        self.map = gmap
+        self.cfg = config or RegistrationConfig()
+        self.detector = make_detector(self.cfg.features, self.cfg.max_features)
+        self.tile_detector = make_detector(self.cfg.features, 0)
+        self._map_features: dict[float, MapFeatures] = {}
+
+    def map_features(self, gsd: float) -> MapFeatures:
+        key = round(gsd, 4)
+        if key not in self._map_features:
+            self._map_features[key] = MapFeatures(self.map, gsd, lambda g, m: self._features(g, m, self.tile_detector))
+        return self._map_features[key]
+
+    def work_gsd(self, intr: Intrinsics, pose: Pose) -> float:
+        """Working resolution: the map's, unless the frame is coarser; finer when the frame would be
+        tiny. Quantised to quarter octaves of the map's GSD so map features are reused across frames."""
+        frame_gsd = intr.nadir_gsd(pose.altitude)
+        g = max(self.map.gsd, frame_gsd)
+        short_m = min(intr.width, intr.height) * frame_gsd
+        if short_m / g < self.cfg.min_frame_px:  # small frames: work finer (down to the frame's own GSD)
+            g = max(frame_gsd, short_m / self.cfg.min_frame_px)
+        level = math.floor(4 * math.log2(g / self.map.gsd) + 1e-6)
+        return self.map.gsd * 2.0 ** (level / 4)
+
+    def warp_frame(self, frame: np.ndarray, intr: Intrinsics, pose: Pose, gsd: float):
+        """The frame on the ground, north-up at `gsd` m/px: (grey image, valid mask, origin) where
+        origin is the ground offset (east, north) of pixel (0, 0) from the drone's nadir point."""
+        h, w = frame.shape[:2]
+        grey = to_grey(frame)
+        shrink = min(1.0, 1.5 * intr.nadir_gsd(pose.altitude) / gsd * (w / intr.width))
+        if shrink < 1.0:  # pre-shrink to about the working scale: warping a big image aliases
+            grey = cv2.resize(grey, (max(8, round(w * shrink)), max(8, round(h * shrink))), interpolation=cv2.INTER_AREA)
+        intr_s = intr.scaled(grey.shape[1], grey.shape[0])
+        nadir_pose = pose.moved_to(0.0, 0.0)
+        corners = footprint(intr_s, nadir_pose)
+        if corners is None:
+            return None
+        e0, n1 = corners[:, 0].min(), corners[:, 1].max()
+        wpx = int(math.ceil((corners[:, 0].max() - e0) / gsd))
+        hpx = int(math.ceil((n1 - corners[:, 1].min()) / gsd))
+        if wpx < 16 or hpx < 16 or wpx * hpx > 4_000_000:
+            return None
+        ground_to_work = np.array([[1 / gsd, 0, -e0 / gsd], [0, -1 / gsd, n1 / gsd], [0, 0, 1]])
+        h_img = ground_to_work @ image_to_ground(intr_s, nadir_pose)
+        warped = cv2.warpPerspective(grey, h_img, (wpx, hpx), flags=cv2.INTER_LINEAR)
+        mask = cv2.warpPerspective(np.full(grey.shape, 255, np.uint8), h_img, (wpx, hpx), flags=cv2.INTER_NEAREST)
+        mask = cv2.erode(mask, np.ones((5, 5), np.uint8)) > 0
+        return warped, mask, (float(e0), float(n1))
+
+    def _features(self, grey: np.ndarray, mask: np.ndarray, detector=None):
+        """Keypoints (xy [N,2], angle deg [N], size [N]) and descriptors of a contrast-normalised image."""
+        img = normalize_contrast(grey)
+        kp, desc = (detector or self.detector).detectAndCompute(img, mask.astype(np.uint8) * 255)
+        if desc is None or len(kp) == 0:
+            return None
+        # RootSIFT: the Hellinger kernel matches better across appearance changes; rows have unit length
+        desc = np.sqrt(desc / (np.abs(desc).sum(axis=1, keepdims=True) + 1e-7)).astype(np.float32)
+        return (np.float32([k.pt for k in kp]), np.float32([k.angle for k in kp]), np.float32([k.size for k in kp]),
+                desc)
+
+    def _match(self, f, m, target: np.ndarray, reach_px: float):
+        """Ratio-test matches among the pairs that geometry allows.
+
+        Both images are north-up at one scale, so a frame keypoint can only match a map keypoint
+        of similar orientation and size that lies within `reach_px` of its `target` (where it
+        lands if the drone is at the centre of the search area). Frame keypoints are bucketed by
+        target cell so descriptor distances are computed only for such nearby pairs.
+        """
+        fxy, fang, fsize, fdesc = f
+        mxy, mang, msize, mdesc = m
+        cfg = self.cfg
+        cos_max = math.cos(math.radians(cfg.max_angle_deg))
+        log_size = math.log(cfg.max_size_ratio)
+        cell = max(reach_px, 24.0)
+        mkeys = np.floor(mxy / cell).astype(np.int64)
+        buckets: dict[tuple[int, int], list[int]] = {}
+        for j, k in enumerate(map(tuple, mkeys)):
+            buckets.setdefault(k, []).append(j)
+        fkeys = np.floor(target / cell).astype(np.int64)
+        src, dst = [], []
+        fa, ma = np.radians(fang), np.radians(mang)
+        fl, ml = np.log(np.maximum(fsize, 1e-3)), np.log(np.maximum(msize, 1e-3))
+        for key in set(map(tuple, fkeys)):
+            fi = np.flatnonzero((fkeys[:, 0] == key[0]) & (fkeys[:, 1] == key[1]))
+            mj = [j for dx in (-1, 0, 1) for dy in (-1, 0, 1) for j in buckets.get((key[0] + dx, key[1] + dy), ())]
+            if len(mj) == 0:
+                continue
+            mj = np.asarray(mj)
+            d = target[fi, None, :] - mxy[None, mj, :]
+            ok = (d[..., 0] ** 2 + d[..., 1] ** 2) <= reach_px * reach_px
+            ok &= np.cos(fa[fi, None] - ma[None, mj]) >= cos_max
+            ok &= np.abs(fl[fi, None] - ml[None, mj]) <= log_size
+            sim = fdesc[fi] @ mdesc[mj].T  # RootSIFT rows have unit length: distance^2 = 2 - 2 sim
+            sim[~ok] = -2.0
+            if sim.shape[1] == 1:
+                best = np.zeros(len(fi), np.int64)
+                second = np.full(len(fi), -2.0)
+            else:
+                top2 = np.argpartition(-sim, 1, axis=1)[:, :2]
+                s2 = np.take_along_axis(sim, top2, axis=1)
+                swap = s2[:, 1] > s2[:, 0]
+                best = np.where(swap, top2[:, 1], top2[:, 0])
+                second = np.where(swap, s2[:, 0], s2[:, 1])
+            s1 = sim[np.arange(len(fi)), best]
+            d1 = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * s1))
+            d2 = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * second))
+            keep = (s1 > -2.0) & np.where(second > -2.0, d1 < cfg.ratio * d2, d1 < 0.5)
+            src.append(fxy[fi[keep]])
+            dst.append(mxy[mj[best[keep]]])
+        if not src:
+            return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
+        return np.concatenate(src).astype(np.float32), np.concatenate(dst).astype(np.float32)
+
+    def register(self, frame: np.ndarray, intr: Intrinsics, pose: Pose, search_radius_m: float,
+                 strict: bool = False) -> Registration:
+        """Find the frame on the map within `search_radius_m` of (pose.x, pose.y).
+
+        strict=True (relocalization, no track to agree with) asks for twice the inliers.
+        """
+        cfg = self.cfg
+        fail = lambda reason, **kw: Registration(False, reason=reason, **kw)  # noqa: E731
+        if not (math.isfinite(pose.altitude) and pose.altitude > 0):
+            return fail("no altitude")
+        gsd = self.work_gsd(intr, pose)
+        warped = self.warp_frame(frame, intr, pose, gsd)
+        if warped is None:
+            return fail("the camera does not see a usable patch of ground")
+        fimg, fmask, (e0, n1) = warped
+        half = search_radius_m + 0.5 * math.hypot(fimg.shape[1], fimg.shape[0]) * gsd
+        side_px = int(math.ceil(2 * half / gsd))
+        if side_px > cfg.max_window_px:
+            return fail(f"search area too large ({2 * half:.0f} m at {gsd:.2f} m/px)", work_gsd=gsd)
+        wx0, wy1 = pose.x - half, pose.y + half
+        mf = self.map_features(gsd).window(wx0, wy1, side_px, side_px)
+        if mf is None:
+            return fail("the search area is outside the map or has no texture", work_gsd=gsd)
+        f = self._features(fimg, fmask)
+        if f is None or mf is None or len(f[0]) < 8 or len(mf[0]) < 8:
+            return fail("too few features (low texture)", work_gsd=gsd)
+        # the nadir point in the warped frame, and the map window's pixel -> ground mapping
+        nadir = np.array([-e0 / gsd, n1 / gsd])
+        centre_px = np.array([(pose.x - wx0) / gsd, (wy1 - pose.y) / gsd])
+        reach_px = search_radius_m / gsd + 3
+
+        # where each frame keypoint lands on the map window if the drone is at the search centre
+        src, dst = self._match(f, mf, centre_px - (nadir - f[0]), reach_px)
+        if cfg.yaw_flip_ok:  # the frame turned by 180 deg about its nadir point
+            turned = (f[0], (f[1] + 180.0) % 360.0, f[2], f[3])
+            fsrc, fdst = self._match(turned, mf, centre_px + (nadir - f[0]), reach_px)
+            if len(fsrc) > len(src):
+                src, dst = fsrc, fdst
+        if len(src) < cfg.min_inliers:
+            return fail(f"too few matches ({len(src)})", matches=len(src), work_gsd=gsd)
+        best = self._fit(src, dst)
+        if best is None:
+            return fail("no consistent placement", matches=len(src), work_gsd=gsd)
+        m, inl = best
+        n_in = int(inl.sum())
+        ratio = n_in / len(src)
+        s = float(math.hypot(m[0, 0], m[1, 0]))
+        rot = float(math.degrees(math.atan2(m[1, 0], m[0, 0])))
+        p = m[:, :2] @ nadir + m[:, 2]
+        x, y = wx0 + p[0] * gsd, wy1 - p[1] * gsd
+        fcorners = np.array([[0, 0], [fimg.shape[1], 0], [fimg.shape[1], fimg.shape[0]], [0, fimg.shape[0]]], float)
+        mc = fcorners @ m[:, :2].T + m[:, 2]
+        corners = np.column_stack([wx0 + mc[:, 0] * gsd, wy1 - mc[:, 1] * gsd])
+        hull = cv2.convexHull(src[inl].astype(np.float32))
+        spread = float(cv2.contourArea(hull) / max(1.0, fmask.sum()))
+        resid = np.linalg.norm(src[inl] @ m[:, :2].T + m[:, 2] - dst[inl], axis=1)
+        sigma = gsd * max(cfg.sigma_floor_px, 2.0 * float(np.sqrt(np.mean(resid ** 2))) / math.sqrt(n_in))
+        r = Registration(False, float(x), float(y), float(sigma), n_in, len(src), float(ratio), rot, s, spread, gsd,
+                         corners)
+        need = cfg.min_inliers * (2 if strict else 1)
+        area_px = math.pi * reach_px ** 2
+        lnfa = log10_nfa(len(src), n_in, math.pi * cfg.ransac_px ** 2 / area_px)
+        if n_in < need or ratio < cfg.min_inlier_ratio or lnfa > cfg.max_log10_nfa - (3 if strict else 0):
+            r.reason = f"weak match ({n_in} inliers of {len(src)}, {ratio:.0%}, log10 NFA {lnfa:.1f})"
+        elif min(abs(rot), 180.0 - abs(rot) if cfg.yaw_flip_ok else 999.0) > cfg.max_rotation_deg:
+            r.reason = f"rotation {rot:+.1f} deg disagrees with the yaw"
+        elif abs(s - 1.0) > cfg.max_scale_error:
+            r.reason = f"scale {s:.2f} disagrees with the altitude"
+        elif spread < cfg.min_spread:
+            r.reason = f"inliers cover only {spread:.0%} of the frame"
+        elif math.hypot(x - pose.x, y - pose.y) > search_radius_m + 3 * gsd:
+            r.reason = "outside the search area"
+        else:
+            second = self._fit(src[~inl], dst[~inl])
+            if second is not None:
+                m2, inl2 = second
+                p2 = m2[:, :2] @ nadir + m2[:, 2]
+                moved = math.hypot(*(p2 - p)) * gsd
+                if inl2.sum() >= max(cfg.min_inliers, cfg.ambiguity * n_in) and moved > 5 * gsd:
+                    r.reason = f"ambiguous: a second place {moved:.0f} m away fits with {int(inl2.sum())} inliers"
+                    return r
+            r.ok = True
+        return r
+
+    def _fit(self, src: np.ndarray, dst: np.ndarray):
+        if len(src) < max(4, self.cfg.min_inliers // 2):
+            return None
+        m, inl = cv2.estimateAffinePartial2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=self.cfg.ransac_px,
+                                             maxIters=2000, confidence=0.999, refineIters=10)
+        if m is None or inl is None:
+            return None
+        return m, inl.ravel().astype(bool)

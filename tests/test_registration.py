@@ -1,0 +1,87 @@
+"""Map registration: finds the frame near the prediction, verifies it, and refuses what it cannot verify."""
+import math
+
+import numpy as np
+import pytest
+
+from skyloc.runtime.camera import Intrinsics, Pose
+from skyloc.runtime.geo import GeoMap
+from skyloc.runtime.registration import MapRegistration, log10_nfa
+from skyloc.synth.render import Camera, render_view
+
+
+@pytest.fixture(scope="module")
+def maps(tmp_path_factory):
+    """One layout as a grey summer map with a white border, and as the colour autumn scene the camera sees."""
+    from skyloc.synth.world import generate, write_geotiff
+
+    d = tmp_path_factory.mktemp("reg")
+    grey = write_geotiff(generate(1024, 0.5, seed=31), d / "grey.tif", bands=1, border=0.25)
+    autumn = generate(1024, 0.5, seed=31, season="autumn")
+    return GeoMap(grey, nodata=255), autumn
+
+
+def _frame(maps, x, y, yaw=40.0, alt=120.0, size=(480, 320)):
+    _, autumn = maps
+    return render_view(autumn.image, autumn.transform, Camera(x, y, alt, yaw, 0.0, 60.0, *size))
+
+
+def _centre(gm):
+    left, bottom, right, top = gm.bounds
+    return (left + right) / 2, (bottom + top) / 2
+
+
+def test_colour_frame_on_a_grey_map_of_another_season(maps):
+    gm, _ = maps
+    reg = MapRegistration(gm)
+    x, y = _centre(gm)
+    intr = Intrinsics(480, 320, 60.0)
+    for dx, dy, yaw in ((12.0, -9.0, 40.0), (-20.0, 5.0, 200.0)):
+        frame = _frame(maps, x, y, yaw)
+        r = reg.register(frame, intr, Pose(x + dx, y + dy, 120.0, yaw), search_radius_m=40.0)
+        assert r.ok, r.reason
+        assert math.hypot(r.x - x, r.y - y) < 1.0 and abs(r.rotation_deg) < 2 and abs(r.scale - 1) < 0.03
+        assert r.corners.shape == (4, 2) and r.inliers >= 20
+
+
+def test_refuses_a_place_that_is_not_in_the_search_area(maps):
+    gm, _ = maps
+    reg = MapRegistration(gm)
+    x, y = _centre(gm)
+    frame = _frame(maps, x, y)
+    r = reg.register(frame, Intrinsics(480, 320, 60.0), Pose(x + 120.0, y - 90.0, 120.0, 40.0), search_radius_m=25.0)
+    assert not r.ok and r.reason
+
+
+def test_wrong_yaw_or_altitude_is_caught(maps):
+    gm, _ = maps
+    reg = MapRegistration(gm)
+    x, y = _centre(gm)
+    frame = _frame(maps, x, y, yaw=40.0)
+    intr = Intrinsics(480, 320, 60.0)
+    turned = reg.register(frame, intr, Pose(x, y, 120.0, 70.0), search_radius_m=30.0)
+    assert not turned.ok
+    scaled = reg.register(frame, intr, Pose(x, y, 160.0, 40.0), search_radius_m=30.0)
+    assert not scaled.ok
+
+
+def test_window_at_the_map_edge_and_outside(maps):
+    gm, autumn = maps
+    reg = MapRegistration(gm)
+    left, bottom, right, top = gm.bounds
+    # the frame reaches the map's edge and the search window hangs far outside it
+    x, y = _centre(gm)
+    x_edge = left + 60.0
+    frame = render_view(autumn.image, autumn.transform, Camera(x_edge, y, 100.0, 10.0, 0.0, 60.0, 480, 320))
+    r = reg.register(frame, Intrinsics(480, 320, 60.0), Pose(x_edge - 10, y, 100.0, 10.0), search_radius_m=40.0)
+    assert r.ok, r.reason
+    assert math.hypot(r.x - x_edge, r.y - y) < 1.0
+    out = reg.register(frame, Intrinsics(480, 320, 60.0), Pose(left - 2000, y, 100.0, 10.0), search_radius_m=40.0)
+    assert not out.ok and "outside the map" in out.reason
+
+
+def test_chance_agreement_is_improbable_only_with_enough_inliers():
+    p = math.pi * 2.5**2 / (math.pi * 100.0**2)
+    assert log10_nfa(200, 3, p) > -3.0  # three agreeing matches out of 200 happen by chance
+    assert log10_nfa(200, 12, p) < -10.0
+    assert log10_nfa(50, 12, 0.9) > 0.0  # when everything agrees with everything, nothing is significant
