@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from statistics import median
 from typing import Optional
 
 import typer
@@ -259,29 +260,45 @@ def train(
 @app.command()
 def evaluate(
     ckpt: Path = typer.Argument(..., help="Checkpoint"),
-    data: Path = typer.Option(..., "--data", help="Dataset root with test/ (or Testing/<h>/)"),
+    data: Path = typer.Option(..., "--data", help="Dataset root: University-1652 (test/), SUES-200 (Testing/<h>/) "
+                              "or a plain {drone,satellite}/<class>/ folder"),
     height: Optional[str] = typer.Option(None, help="SUES-200 height; 'all' for every height"),
     robustness: bool = typer.Option(False, "--robustness", help="Rotation and shift sweeps"),
     figure: Optional[Path] = typer.Option(None, "--figure", help="Write a top-5 retrieval figure (PNG)"),
     no_flip: bool = typer.Option(False, "--no-flip", help="Skip flip averaging"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (for scripts and CI)"),
 ) -> None:
     """R@1/5/10, R@1%, AP for drone->satellite and satellite->drone, both protocols."""
+    import json
+
+    from rich import box
+
     from skyloc.models.checkpoint import load_model
     from skyloc.train.datasets import SUES_HEIGHTS
     from skyloc.train.evaluate import evaluate as run_eval, retrieval_figure, robustness as run_rob
 
     model, _ = load_model(ckpt)
     heights = list(SUES_HEIGHTS) if height == "all" else [height]
-    table = Table("dataset", "task", "protocol", "R@1", "R@5", "R@10", "R@1%", "AP", "queries", "gallery")
-    for h in heights:
-        for r in run_eval(model, data, device, flip=not no_flip, height=h):
-            table.add_row(r["dataset"], r["task"], r["protocol"], *(f"{r[k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@1%", "AP")),
-                          str(r["queries"]), str(r["gallery"]))
-    console.print(table)
-    if robustness:
-        t = Table("perturbation (drone queries)", "R@1", "AP")
-        for r in run_rob(model, data, device):
+    rows = [r for h in heights for r in run_eval(model, data, device, flip=not no_flip, height=h)]
+    rob = run_rob(model, data, device) if robustness else []
+    if as_json:
+        print(json.dumps({"checkpoint": str(ckpt), "data": str(data), "results": rows, "robustness": rob}, indent=2))
+        return
+    short = {"drone->satellite": "drone->sat", "satellite->drone": "sat->drone",
+             "full gallery": "full", "distractor-free": "no distr."}
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        table = Table("task", "gallery", "R@1", "R@5", "R@10", "R@1%", "AP", "queries", title=f"{dataset} ({data.name})",
+                      box=box.SIMPLE_HEAD, caption="gallery: full = every gallery image; no distr. = only classes "
+                      "with queries (some later work)")
+        for r in (r for r in rows if r["dataset"] == dataset):
+            table.add_row(short.get(r["task"], r["task"]), short.get(r["protocol"], r["protocol"]),
+                          *(f"{r[k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@1%", "AP")),
+                          f"{r['queries']}/{r['gallery']}")
+        console.print(table)
+    if rob:
+        t = Table("perturbation (drone queries)", "R@1", "AP", box=box.SIMPLE_HEAD)
+        for r in rob:
             t.add_row(r["perturbation"], f"{r['R@1']:.2f}", f"{r['AP']:.2f}")
         console.print(t)
     if figure:
@@ -398,18 +415,24 @@ def localize(
 
 @app.command()
 def replay(
-    video: str = typer.Argument(..., help="Video file or image folder (URI)"),
+    video: str = typer.Argument(..., help="Video file or a folder of photos/frames (URI)"),
     model: Path = ModelOpt,
     cache: Path = CacheOpt,
-    telemetry: Optional[Path] = typer.Option(None, help="CSV (time,lat,lon,alt,yaw), DJI .srt or .gpx"),
+    telemetry: Optional[Path] = typer.Option(None, help="CSV (time,lat,lon,alt,yaw), DJI .srt, .gpx, or an autopilot "
+                                             "log: .tlog, .bin (ArduPilot), .ulg (PX4). A photo folder without one "
+                                             "uses each photo's EXIF/XMP pose"),
     out: Path = typer.Option(Path("replay_out"), "--out", "-o", help="Folder for track, report and plots"),
     start: Optional[str] = StartOpt,
+    time_offset: float = typer.Option(0.0, help="Seconds added to every frame time before the telemetry is read "
+                                      "(camera clock or trigger delay)"),
+    video_start: Optional[str] = typer.Option(None, help="UTC start of the video (ISO 8601) when its file has no "
+                                              "creation time; needed to line a video up with a log"),
     mavlink: Optional[str] = typer.Option(None, help="Also stream estimates to this peer (e.g. udpout:127.0.0.1:14550)"),
     outputs: str = typer.Option("gps_input", help="MAVLink outputs, comma-separated"),
     map_path: Optional[Path] = typer.Option(None, "--map", help="The cache's GeoTIFF (default: the manifest's)"),
     nodata: Optional[float] = NodataOpt,
-    hfov: float = typer.Option(60.0, help="Camera horizontal FOV (deg)"),
-    pitch: float = typer.Option(0.0, help="Camera tilt forward from nadir (deg)"),
+    hfov: Optional[float] = typer.Option(None, help="Camera horizontal FOV (deg); default: the photos' EXIF, else 60"),
+    pitch: float = typer.Option(0.0, help="Camera tilt forward from nadir (deg), unless the telemetry has it"),
     registration_interval: float = typer.Option(0.5, help="Seconds between map registrations while tracking"),
     max_frames: Optional[int] = typer.Option(None, help="Stop after this many frames"),
     backend: str = BackendOpt,
@@ -417,12 +440,24 @@ def replay(
     """Run a recorded flight through the pipeline: track (CSV/GeoJSON/KML), errors, calibration, plots."""
     from rich.progress import Progress
 
-    from skyloc.onboard.replay import replay as run_replay, report_table
+    from skyloc.onboard.replay import open_flight, replay as run_replay, report_table
     from skyloc.onboard.telemetry import load_telemetry
 
-    loc = _open_localizer(model, cache, backend, map_path, hfov, pitch, start, nodata,
-                          registration_interval_s=registration_interval)
     tel = load_telemetry(telemetry) if telemetry else None
+    flight = open_flight(video, tel, time_offset, _parse_utc(video_start))  # checks the inputs before the model loads
+    flight.source.close()
+    photos = flight.photos
+    if hfov is None:
+        fovs = [p.hfov for p in photos if p.hfov == p.hfov]
+        hfov = float(median(fovs)) if fovs else 60.0
+    from skyloc.runtime.estimate import StatusConfig
+
+    # photos are frames seconds apart: each is registered on its own, so one strictly verified
+    # registration is the evidence (as for `localize`); videos need a second to confirm the track
+    loc = _open_localizer(model, cache, backend, map_path, hfov, pitch, start, nodata,
+                          registration_interval_s=registration_interval,
+                          yaw_flip_ok=any(p.yaw_ambiguous for p in photos),
+                          status=StatusConfig(confirmations=1 if Path(video).is_dir() else 2))
     link = None
     if mavlink:
         from skyloc.onboard.mavlink import MavlinkLink
@@ -432,12 +467,25 @@ def replay(
         with Progress(console=console) as p:
             task = p.add_task("frames", total=None)
             res = run_replay(video, loc, tel, out, mavlink=link, realtime=link is not None,
-                             progress=lambda r: p.advance(task), max_frames=max_frames)
+                             progress=lambda r: p.advance(task), max_frames=max_frames, time_offset=time_offset,
+                             video_start=_parse_utc(video_start))
     finally:
         if link:
             link.close()
     console.print(report_table(res.report))
     console.print("wrote " + ", ".join(res.files.values()))
+
+
+def _parse_utc(text: Optional[str]) -> Optional[float]:
+    if not text:
+        return None
+    from datetime import datetime, timezone
+
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise SkylocError(f"--video-start {text!r}: give an ISO 8601 time, e.g. 2024-05-01T10:15:30Z") from None
+    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
 
 
 @app.command()

@@ -11,13 +11,15 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from skyloc.errors import SkylocError
+from skyloc.onboard.sources import FolderSource, Source, open_source, video_start_time
+from skyloc.onboard.telemetry import TelemetryTrack, utc_text
 from skyloc.runtime.estimate import LOW, NO_FIX, OK, Estimate
 from skyloc.runtime.localizer import Localizer
-from skyloc.onboard.sources import open_source
-from skyloc.onboard.telemetry import TelemetryTrack
 
 log = logging.getLogger("skyloc.replay")
 
@@ -100,18 +102,87 @@ def report_table(rep: dict, title: str = "replay report"):
     return t
 
 
-def replay(video: str, localizer: Localizer, telemetry: TelemetryTrack | None = None, out_dir: str | Path | None = None,
-           mavlink=None, realtime: bool = False, progress=None, max_frames: int | None = None) -> ReplayResult:
-    """Run every frame of `video` through the localizer (with telemetry yaw/alt when given)."""
+@dataclass
+class FlightInput:
+    """A recorded flight ready to replay: its frames and the telemetry time of each frame."""
+
+    source: Source
+    telemetry: TelemetryTrack | None
+    to_telemetry_time: Callable[[float], float]  # frame timestamp -> telemetry time
+    photos: list = field(default_factory=list)  # PhotoPose per frame for photo folders
+
+
+def open_flight(video: str, telemetry: TelemetryTrack | None = None, time_offset: float = 0.0,
+                video_start: float | None = None) -> FlightInput:
+    """Open a video or a photo folder and line its frames up with the telemetry.
+
+    Logs (.tlog/.bin/.ulg) are on UTC: a video is placed by its container's creation time (or
+    `video_start`), photos by their own times (file name, EXIF) or, without any, by the log's
+    camera triggers. A photo folder without a log is its own telemetry (EXIF/XMP poses).
+    `time_offset` (seconds) is added to every frame time before the telemetry is looked up.
+    """
+    from skyloc.onboard.photos import image_files, photo_times, photo_track
+
+    path = Path(video[7:] if video.startswith("file://") else video)
+    if path.is_dir():
+        files = image_files(path)
+        times = photo_times(files)
+        photos: list = []
+        if telemetry is None:
+            if times is None or len(set(times)) < len(times):
+                times = [float(i) for i in range(len(files))]  # no usable times: one photo a second
+            telemetry, photos = photo_track(path, times)
+        elif telemetry.absolute and times is None:
+            if len(telemetry.triggers) != len(files):
+                raise SkylocError(f"{path}: the photos carry no time (file name or EXIF) and {telemetry.source} has "
+                                  f"{len(telemetry.triggers)} camera triggers for {len(files)} photos: name the photos "
+                                  "by their UTC time (YYYYMMDDhhmmss) or pass --time-offset")
+            times = list(telemetry.triggers)
+        source = FolderSource(path, times=times)
+        return FlightInput(source, telemetry, lambda t: t + time_offset, photos)
     source = open_source(video)
+    start = 0.0
+    if telemetry is not None and telemetry.absolute:
+        start = video_start if video_start is not None else video_start_time(path)
+        if start is None:
+            source.close()
+            raise SkylocError(f"{video} has no creation time to line it up with {telemetry.source} (UTC): pass "
+                              "--video-start 2024-05-01T10:15:30Z (when recording started) or convert the log")
+    return FlightInput(source, telemetry, lambda t: start + t + time_offset)
+
+
+def check_coverage(flight: FlightInput, first: float, last: float) -> None:
+    """A log that does not cover the frames is a user error, not a silent run without truth."""
+    tel = flight.telemetry
+    if tel is None:
+        return
+    a, b = flight.to_telemetry_time(first), flight.to_telemetry_time(last)
+    if not (tel.covers(a) or tel.covers(b)):
+        when = (f"{utc_text(a)}-{utc_text(b)[11:]} UTC" if tel.absolute else f"{a:.1f}-{b:.1f} s")
+        raise SkylocError(f"{tel.source} covers {tel.describe_span()} but the frames fall at {when}: wrong log, or "
+                          "pass --time-offset SECONDS (or --video-start) to line them up")
+
+
+def replay(video: str, localizer: Localizer, telemetry: TelemetryTrack | None = None, out_dir: str | Path | None = None,
+           mavlink=None, realtime: bool = False, progress=None, max_frames: int | None = None,
+           time_offset: float = 0.0, video_start: float | None = None) -> ReplayResult:
+    """Run every frame of `video` (a file, or a folder of photos) through the localizer, with
+    the telemetry's yaw, altitude and attitude at each frame's time."""
+    flight = open_flight(video, telemetry, time_offset, video_start)
+    source, telemetry = flight.source, flight.telemetry
     res = ReplayResult()
     start_wall = time.time()
     geod = localizer.cache.geodesy
+    checked = False
     try:
         for frame in source:
             if max_frames is not None and frame.index >= max_frames:
                 break
-            tel = telemetry.at(frame.timestamp) if telemetry is not None else None
+            if not checked:
+                check_coverage(flight, frame.timestamp, source.last_time() or frame.timestamp)
+                checked = True
+            tt = flight.to_telemetry_time(frame.timestamp)
+            tel = telemetry.at(tt) if telemetry is not None and telemetry.covers(tt) else None
             yaw = _finite(tel.yaw) if tel is not None else None
             alt = _finite(tel.alt) if tel is not None else None
             if realtime:  # recorded pace, so a SITL peer sees what it would in flight
@@ -120,6 +191,7 @@ def replay(video: str, localizer: Localizer, telemetry: TelemetryTrack | None = 
                 est = Estimate(frame.timestamp, NO_FIX, message="corrupt frame")
             else:
                 est = localizer.locate(frame.image, frame.timestamp, yaw, alt,
+                                       pitch_deg=_finite(tel.tilt) if tel is not None else None,
                                        roll_deg=_finite(tel.roll) if tel is not None else None,
                                        vehicle_pitch_deg=_finite(tel.pitch) if tel is not None else None)
             row = ReplayRow(frame.index, est, yaw=yaw if yaw is not None else math.nan,

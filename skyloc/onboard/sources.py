@@ -44,6 +44,10 @@ class Source:
     def close(self) -> None:
         pass
 
+    def last_time(self) -> float | None:
+        """Timestamp of the last frame of a recording (None for live sources or when unknown)."""
+        return None
+
     def __iter__(self):
         while True:
             f = self.read()
@@ -67,6 +71,12 @@ class CaptureSource(Source):
             raise SkylocError(f"cannot open video source {self.name}: check the URI, the device and "
                               "that OpenCV has the backend (GStreamer for csi:// and gst://)")
         self.fps = self.cap.get(cv2.CAP_PROP_FPS) or 0.0
+        self.frame_count = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+
+    def last_time(self) -> float | None:
+        if self.live or not self.fps or self.frame_count <= 0:
+            return None
+        return (self.frame_count - 1) / self.fps
 
     def read(self) -> Frame | None:
         ok, bgr = self.cap.read()
@@ -82,13 +92,18 @@ class CaptureSource(Source):
 
 
 class FolderSource(Source):
-    """Images in name order; a file that does not decode yields a Frame with image=None."""
+    """Images in name order; a file that does not decode yields a Frame with image=None.
 
-    def __init__(self, folder: Path, fps: float = 5.0):
+    Frame times are `times` (e.g. each photo's UTC time) when given, else index / fps.
+    """
+
+    def __init__(self, folder: Path, fps: float = 5.0, times: list[float] | None = None):
         self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXT)
         if not self.files:
             raise SkylocError(f"image folder {folder} has no images ({', '.join(sorted(IMAGE_EXT))})")
-        self.fps, self.index = fps, 0
+        if times is not None and len(times) != len(self.files):
+            raise ValueError("one time per image")
+        self.fps, self.index, self.times = fps, 0, times
 
     def read(self) -> Frame | None:
         if self.index >= len(self.files):
@@ -99,13 +114,46 @@ class FolderSource(Source):
         if img is None:
             log.warning("skipping corrupt image %s", p)
         self.index += 1
-        return Frame(img, self.index - 1, (self.index - 1) / self.fps)
+        return Frame(img, self.index - 1, self._time(self.index - 1))
+
+    def _time(self, i: int) -> float:
+        return self.times[i] if self.times is not None else i / self.fps
+
+    def last_time(self) -> float | None:
+        return self._time(len(self.files) - 1)
 
 
 def csi_pipeline(sensor: int, width: int = 1280, height: int = 720, fps: int = 30) -> str:
     return (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),width={width},height={height},"
             f"framerate={fps}/1 ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
             "appsink drop=true max-buffers=1")
+
+
+def video_start_time(path: str | Path) -> float | None:
+    """UTC start of a video file from its container's creation_time (MP4/MOV/MKV), or None."""
+    try:
+        import av
+    except ImportError:
+        return None
+    from datetime import datetime
+
+    try:
+        with av.open(str(path)) as c:
+            stamp = c.metadata.get("creation_time") or next(
+                (s.metadata.get("creation_time") for s in c.streams if s.metadata.get("creation_time")), None)
+    except Exception:  # not a container PyAV reads: no time, not an error here
+        return None
+    if not stamp:
+        return None
+    try:
+        t = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        from datetime import timezone
+
+        t = t.replace(tzinfo=timezone.utc)
+    return t.timestamp() if t.year > 1970 else None
 
 
 def open_source(uri: str) -> Source:

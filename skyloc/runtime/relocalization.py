@@ -24,7 +24,7 @@ from skyloc.runtime.registration import MapRegistration, Registration
 class RelocalizationConfig:
     top_k: int = 10
     candidates: int = 3  # distinct places verified per attempt (each costs a registration)
-    margin_m: float = 15.0  # search radius around a tile centre, beyond half its footprint
+    radius_footprints: float = 1.0  # search radius around a retrieved tile's centre, in tile footprints
 
 
 @dataclass
@@ -85,7 +85,7 @@ class Relocalizer:
         tried = 0
         for i in self.distinct(matches)[: self.cfg.candidates]:
             tile = self.cache.tiles[i]
-            radius = 0.5 * float(tile["footprint_m"]) + self.cfg.margin_m
+            radius = self.cfg.radius_footprints * float(tile["footprint_m"])
             tried += 1
             reg = self.registration.register(frame, intr, pose.moved_to(float(tile["x"]), float(tile["y"])), radius,
                                              strict=True)

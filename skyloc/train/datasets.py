@@ -73,7 +73,9 @@ def detect_layout(root: str | Path, height: str | None = None) -> Layout:
         test = {n: root / "Testing" / h / n for n in test_names if (root / "Testing" / h / n).is_dir()}
         return Layout(f"sues-200@{h}m", root / "Training" / h / "drone", root / "Training" / h / "satellite", test)
     if (root / "drone").is_dir() or (root / "satellite").is_dir():
-        return Layout("folder", root / "drone", root / "satellite", {})
+        # a plain folder: every image of a class is a positive, both ways
+        test = {n: root / ("drone" if n.endswith("drone") else "satellite") for n in test_names}
+        return Layout("folder", root / "drone", root / "satellite", {k: v for k, v in test.items() if v.is_dir()})
     raise SkylocError(f"{root} is not a known layout: expected train/ and test/ (University-1652), "
                       "Training/<height>/ (SUES-200) or drone/ + satellite/ (folder)")
 
