@@ -14,7 +14,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -24,14 +23,16 @@ from skyloc.export.onnx_export import export_onnx  # noqa: E402
 from skyloc.models import create_model  # noqa: E402
 from skyloc.runtime.cache import TileCache, build_cache  # noqa: E402
 from skyloc.runtime.embedder import OnnxEmbedder  # noqa: E402
+from skyloc.onboard.replay import replay  # noqa: E402
+from skyloc.onboard.telemetry import load_telemetry  # noqa: E402
 from skyloc.runtime.localizer import Localizer, LocalizerConfig  # noqa: E402
-from skyloc.synth.render import Camera, render_view  # noqa: E402
+from skyloc.synth.flight import FlightConfig, render_flight  # noqa: E402
 from skyloc.synth.world import generate, write_geotiff  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--frames", type=int, default=30)
+    ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--models", default="mlr_convnext_atto,mift_tiny")
     args = ap.parse_args()
@@ -62,25 +63,28 @@ def main() -> None:
         cache_dir = build_cache(map_path, emb, tmp / "map.cache", [170.0], overlap=0.75)
         build_s = time.perf_counter() - t0
         cache = TileCache.load(cache_dir, emb.meta)
-        tr = (world.transform[0], 0.0, world.transform[2], 0.0, world.transform[4], world.transform[5])
-        rng = np.random.default_rng(0)
-        c = world.image.shape[0] / 2
-        frames = []
-        for i in range(args.frames):
-            x, y = tr[2] + (c + rng.uniform(-400, 400)), tr[5] - (c + rng.uniform(-400, 400))
-            yaw = rng.uniform(0, 360)
-            frames.append((render_view(world.image, tr, Camera(x, y, 147, yaw, width=640, height=480)), yaw))
-        print(f"\nper-frame latency by stage, {name}, ONNX Runtime CPU, 640x480 frames, {len(cache)} tiles "
+        fcfg = FlightConfig(duration_s=args.frames / 10, fps=10, speed=12, altitude=147, pitch=0, width=640, height=480,
+                            route="turns", seed=2)
+        render_flight(map_path, tmp / "f.mp4", tmp / "f.csv", fcfg)
+        tel = load_telemetry(tmp / "f.csv")
+        first = tel.at(0.0)
+        print(f"\nper-frame latency by stage, {name}, ONNX Runtime CPU, 640x480 frames at 10 fps, {len(cache)} tiles "
               f"(cache built in {build_s:.1f} s = {len(cache) / build_s:.0f} tiles/s)")
-        for refine, use_filter in ((False, False), (True, False), (True, True)):
-            loc = Localizer(emb, cache, LocalizerConfig(refine=refine, use_filter=use_filter))
-            stages: dict[str, list[float]] = {}
-            for i, (f, yaw) in enumerate(frames):
-                est = loc.locate(f, i * 0.5, yaw, 147)
-                for k, v in est.latency_ms.items():
-                    stages.setdefault(k, []).append(v)
-            label = f"refine={'on' if refine else 'off'} filter={'on' if use_filter else 'off'}"
-            print(f"  {label:<24} " + "  ".join(f"{k} {statistics.median(v):6.2f}" for k, v in stages.items()))
+        for label, start in (("tracking (--start)", (first.lat, first.lon, 50.0)), ("relocalizing first", None)):
+            loc = Localizer(emb, cache, LocalizerConfig(), start=start)
+            res = replay(str(tmp / "f.mp4"), loc, tel)
+            by = {"odometry only": [], "with registration": [], "with relocalization": []}
+            for r in res.rows:
+                e = r.est
+                kind = ("with relocalization" if "relocaliz" in (e.source + e.message) and e.latency_ms["registration"] > 1
+                        else "with registration" if e.latency_ms["registration"] > 1 else "odometry only")
+                by[kind].append(e.latency_ms)
+            print(f"  {label}:")
+            for kind, rows in by.items():
+                if rows:
+                    print(f"    {kind:<22} {len(rows):>4} frames: total {statistics.median(r['total'] for r in rows):6.1f} ms"
+                          f" (odometry {statistics.median(r['odometry'] for r in rows):5.1f}, "
+                          f"registration {statistics.median(r['registration'] for r in rows):6.1f})")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ GPS_INPUT over MAVLink to a local pymavlink peer -> summary and plots.
 """
 from __future__ import annotations
 
-import threading
 import time
 from pathlib import Path
 
@@ -19,45 +18,6 @@ DEMO_TRAINING = dict(model="mlr_convnext_atto", batch_size=16, k_sat=2, lr=0.02,
                      temperature=0.1, amp=False, workers=2)
 
 
-class _Peer:
-    """A pymavlink endpoint playing the autopilot: heartbeats out, counts what skyloc sends."""
-
-    def __init__(self, port: int):
-        from pymavlink import mavutil
-
-        self.conn = mavutil.mavlink_connection(f"udpin:127.0.0.1:{port}", source_system=1, source_component=1)
-        self.counts: dict[str, int] = {}
-        self.gps_times: list[float] = []
-        self.fix3 = 0
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        from pymavlink import mavutil
-
-        last_hb = 0.0
-        while not self._stop.is_set():
-            msg = self.conn.recv_match(blocking=True, timeout=0.1)
-            now = time.time()
-            if msg is None:
-                continue
-            if now - last_hb > 1.0:  # answer once the daemon's packets tell us where it is
-                self.conn.mav.heartbeat_send(mavutil.mavlink.MAV_TYPE_QUADROTOR,
-                                             mavutil.mavlink.MAV_AUTOPILOT_ARDUPILOTMEGA, 0, 0, 0)
-                last_hb = now
-            t = msg.get_type()
-            self.counts[t] = self.counts.get(t, 0) + 1
-            if t == "GPS_INPUT":
-                self.gps_times.append(now)
-                self.fix3 += msg.fix_type == 3
-
-    def close(self):
-        self._stop.set()
-        self.thread.join(timeout=1)
-        self.conn.close()
-
-
 def run_demo(out: Path, epochs: int = 10, classes: int = 160, flight_s: float = 60.0, port: int = 14561,
              console: Console | None = None) -> dict:
     from skyloc.export.onnx_export import export_onnx
@@ -67,6 +27,7 @@ def run_demo(out: Path, epochs: int = 10, classes: int = 160, flight_s: float = 
     from skyloc.runtime.embedder import OnnxEmbedder
     from skyloc.runtime.localizer import Localizer, LocalizerConfig
     from skyloc.onboard.mavlink import MavlinkLink
+    from skyloc.onboard.peer import AutopilotPeer
     from skyloc.onboard.replay import replay, report_table
     from skyloc.onboard.telemetry import load_telemetry
     from skyloc.synth.flight import FlightConfig, render_flight
@@ -144,25 +105,38 @@ def run_demo(out: Path, epochs: int = 10, classes: int = 160, flight_s: float = 
     done("6. synthetic flight")
 
     step("7. replay + MAVLink to a local autopilot peer")
-    peer = _Peer(port)
-    link = MavlinkLink(f"udpout:127.0.0.1:{port}", outputs=("gps_input", "odometry"), gps_rate_hz=5.0).start()
+    tel = load_telemetry(out / "flight.csv")
+    t0 = [time.time()]
+
+    def vehicle():  # the autopilot knows its attitude and altitude, not its position (no GNSS)
+        s = tel.at(min(time.time() - t0[0], flight_s))
+        return s.yaw, 0.0, 0.0, s.alt, 0.0, 0.0
+
+    peer = AutopilotPeer(port, vehicle).start()
+    link = MavlinkLink(f"udpout:127.0.0.1:{port}", outputs=("gps_input", "odometry"), gps_rate_hz=10.0).start()
     localizer = Localizer(embedder, cache, LocalizerConfig(camera_pitch_deg=fcfg.pitch, hfov_deg=fcfg.hfov))
     with Progress(console=console, transient=True) as p:
         task = p.add_task("replaying", total=flight["frames"])
-        res = replay(str(out / "flight.mp4"), localizer, load_telemetry(out / "flight.csv"), out / "replay",
-                     mavlink=link, realtime=False, progress=lambda r: p.advance(task))
-    time.sleep(1.2)  # let the GPS_INPUT clock tick after the last frame
+        t0[0] = time.time()
+        res = replay(str(out / "flight.mp4"), localizer, tel, out / "replay",
+                     mavlink=link, realtime=True, progress=lambda r: p.advance(task))
+    time.sleep(0.5)
     link.close()
-    peer.close()
+    peer.stop()
     done("7. replay + MAVLink to a local autopilot peer")
 
     rep = res.report
-    gps = peer.gps_times
-    rate = (len(gps) - 1) / (gps[-1] - gps[0]) if len(gps) > 1 else 0.0
+    gps = peer.of("GPS_INPUT")
+    rate = peer.rate("GPS_INPUT")
+    fix3 = sum(m.fix_type == 3 for m in gps)
+    odo_gaps = peer.gaps("ODOMETRY")
     table = report_table(rep, "skyloc demo: held-out synthetic flight")
-    table.add_row("GPS_INPUT at the peer", f"{len(gps)} msgs, {rate:.1f} Hz, {peer.fix3} fix_type 3")
+    table.add_row("GPS_INPUT at the peer", f"{len(gps)} msgs, {rate:.1f} Hz, {fix3} fix_type 3")
+    table.add_row("ODOMETRY at the peer", f"{len(peer.of('ODOMETRY'))} msgs, {peer.rate('ODOMETRY'):.1f} Hz, "
+                  f"max gap {odo_gaps.max() * 1000 if odo_gaps.size else 0:.0f} ms, origin "
+                  f"{'confirmed' if link.stats.origin_confirmed else 'not set'}")
     console.print(table)
     console.print(f"plots: {res.files['track_plot']}, {res.files['error_plot']}")
     console.print("time per step: " + ", ".join(f"{k.split('. ')[1]} {v:.0f}s" for k, v in timings.items()))
-    return {"report": rep, "gps_rate_hz": rate, "gps_msgs": len(gps), "peer_counts": peer.counts,
+    return {"report": rep, "gps_rate_hz": rate, "gps_msgs": len(gps), "peer": peer,
             "retrieval": r1, "parity_ok": report.ok, "files": res.files, "timings": timings}

@@ -40,7 +40,9 @@ def test_readme_workflow_reaches_a_replay(tmp_path):
 def test_errors_are_one_line(tmp_path):
     cases = [
         (("build-cache", "missing.tif", "-m", "m.onnx", "-o", "x.cache"), "model not found"),
-        (("replay", "nope.mp4", "-m", "m.onnx", "-c", "c.cache"), "model not found"),
+        (("replay", "nope.mp4", "-m", "m.onnx", "-c", "c.cache"), "video source not found: nope.mp4"),
+        (("replay", ".", "-m", "m.onnx", "-c", "c.cache", "--telemetry", "f.tlog"), "telemetry file not found"),
+        (("localize", "f.jpg", "-m", "m.onnx", "-c", "c.cache", "--start", "91,8"), "--start '91,8'"),
         (("synth-flight", "missing.tif", "f.mp4", "--telemetry", "f.csv"), "map not found"),
         (("make-pairs", "missing.tif", "out"), "map not found"),
         (("train", "--model", "vgg16", "--data", "."), "unknown model 'vgg16'"),

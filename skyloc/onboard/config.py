@@ -35,11 +35,14 @@ class MavlinkConfig(_Strict):
     url: str = Field("udpout:127.0.0.1:14550", description="pymavlink connection string, e.g. /dev/ttyTHS1")
     baud: int = 921600
     outputs: list[Literal["gps_input", "odometry", "vision_position", "global_position"]] = ["gps_input"]
-    gps_rate_hz: float = Field(5.0, ge=5.0, description=">= 5: ArduPilot marks GPS_INPUT unhealthy under 4 Hz")
+    gps_rate_hz: float = Field(10.0, ge=5.0, description=">= 5: ArduPilot marks GPS_INPUT unhealthy under 4 Hz")
+    odometry_rate_hz: float = Field(10.0, ge=4.0, description=">= 4: ArduPilot drops ExternalNav after 300 ms")
     system_id: int = Field(1, ge=1, le=255)
     component_id: int = Field(191, ge=1, le=255)
     signing_key: Optional[str] = Field(None, description="hex or passphrase for MAVLink 2 signing")
-    origin: Optional[tuple[float, float, float]] = Field(None, description="lat, lon, alt of local NED")
+    origin: Optional[tuple[float, float, float]] = Field(
+        None, description="lat, lon, alt (m AMSL) of the EKF origin sent with SET_GPS_GLOBAL_ORIGIN "
+        "(default: the first ok fix; an origin the autopilot already has wins)")
 
 
 class LogConfig(_Strict):

@@ -55,7 +55,7 @@ class Daemon:
             if m.signing_key:
                 key = bytes.fromhex(m.signing_key) if _is_hex32(m.signing_key) else hashlib.sha256(m.signing_key.encode()).digest()
             self.link = MavlinkLink(m.url, m.outputs, m.gps_rate_hz, m.system_id, m.component_id, m.origin, key,
-                                    baud=m.baud).start()
+                                    baud=m.baud, odometry_rate_hz=m.odometry_rate_hz).start()
         self.log_dir = Path(cfg.log.dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._csv_file = None

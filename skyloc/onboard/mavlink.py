@@ -1,40 +1,48 @@
 """MAVLink to the autopilot (pymavlink): heartbeat, telemetry in, position estimates out.
 
-Outputs (any combination):
-  gps_input          GPS_INPUT for ArduPilot (GPS1_TYPE=14). Sent at a steady rate (>= 5 Hz; ArduPilot
-                     marks the GPS unhealthy below ~4 Hz) by predicting the last fix forward with a
-                     growing horiz_accuracy; fix_type 3 only while the estimate is "ok", else 0.
-  odometry           ODOMETRY in local NED (FRD) from an origin, with covariance (ArduPilot ExternalNav,
-                     PX4 EKF2_EV_CTRL).
-  vision_position    VISION_POSITION_ESTIMATE in local NED with covariance (older firmware).
-  global_position    GLOBAL_POSITION_SENSOR (id 296, source VISION; newer PX4).
-STATUSTEXT reports state changes (fix acquired / degraded / lost, autopilot link lost / back).
+Outputs (any combination), each on its own steady clock, predicted forward from the newest
+estimate with the filter's velocity and an honestly growing uncertainty:
+  odometry           ODOMETRY, ArduPilot ExternalNav's preferred input (and PX4 EKF2_EV_CTRL):
+                     frame LOCAL_FRD / child BODY_FRD, x/y north/east of the EKF origin, z from
+                     the altitude, the attitude from ATTITUDE, body-frame velocity, a pose
+                     covariance with real variances, reset_counter bumped on every jump, quality
+                     from the confidence. Sent only once the EKF origin is set and ATTITUDE known.
+  gps_input          GPS_INPUT for ArduPilot GPS1_TYPE=14: fix_type 3 only while "ok", else 0.
+  vision_position    VISION_POSITION_ESTIMATE (older firmware), same frame and covariance.
+  global_position    GLOBAL_POSITION_SENSOR (id 296, source VISION; newer PX4), per estimate.
+The EKF origin: without GNSS the autopilot's EKF cannot start until one is set, so
+SET_GPS_GLOBAL_ORIGIN (from `origin`, else the first ok fix) is sent, and re-sent every second
+until the autopilot answers with GPS_GLOBAL_ORIGIN; an origin the autopilot reports is adopted.
+STATUSTEXT reports state changes. Only the sender thread writes to the link.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
 
 from skyloc.errors import SkylocError
-from skyloc.runtime.geo import Geodesy, utm_crs_for
 from skyloc.runtime.estimate import NO_FIX, OK, Estimate
+from skyloc.runtime.geo import Geodesy, utm_crs_for
 
 os.environ.setdefault("MAVLINK20", "1")
 from pymavlink import mavutil  # noqa: E402  (MAVLINK20 must be set before the import)
 
 log = logging.getLogger("skyloc.mavlink")
+M = mavutil.mavlink
 
 OUTPUTS = ("gps_input", "odometry", "vision_position", "global_position")
 GPS_EPOCH = 315964800  # 1980-01-06 in Unix seconds
 GPS_LEAP_SECONDS = 18
-_IGNORE = mavutil.mavlink
 # What GPS_INPUT does not carry: altitude and vertical velocity/accuracy (baro and the EKF have them).
-GPS_IGNORE_FLAGS = (_IGNORE.GPS_INPUT_IGNORE_FLAG_ALT | _IGNORE.GPS_INPUT_IGNORE_FLAG_VDOP
-                    | _IGNORE.GPS_INPUT_IGNORE_FLAG_VEL_VERT | _IGNORE.GPS_INPUT_IGNORE_FLAG_VERTICAL_ACCURACY)
+GPS_IGNORE_FLAGS = (M.GPS_INPUT_IGNORE_FLAG_ALT | M.GPS_INPUT_IGNORE_FLAG_VDOP | M.GPS_INPUT_IGNORE_FLAG_VEL_VERT
+                    | M.GPS_INPUT_IGNORE_FLAG_VERTICAL_ACCURACY)
+Z_SIGMA = 2.0  # m, 1-sigma of the altitude put in ODOMETRY's z (baro-like; the EKF should take z from baro)
+ATT_SIGMA = math.radians(2.0)  # attitude passed through from ATTITUDE
 
 
 def gps_time(unix_s: float) -> tuple[int, int]:
@@ -42,6 +50,14 @@ def gps_time(unix_s: float) -> tuple[int, int]:
     gps = unix_s - GPS_EPOCH + GPS_LEAP_SECONDS
     week = int(gps // (7 * 86400))
     return week, int((gps - week * 7 * 86400) * 1000)
+
+
+def euler_to_quaternion(roll: float, pitch: float, yaw: float) -> list[float]:
+    """[w, x, y, z] of the body-to-NED rotation for roll, pitch, yaw in radians (aerospace order)."""
+    cr, sr, cp, sp, cy, sy = (math.cos(roll / 2), math.sin(roll / 2), math.cos(pitch / 2), math.sin(pitch / 2),
+                              math.cos(yaw / 2), math.sin(yaw / 2))
+    return [cr * cp * cy + sr * sp * sy, sr * cp * cy - cr * sp * sy, cr * sp * cy + sr * cp * sy,
+            cr * cp * sy - sr * sp * cy]
 
 
 @dataclass
@@ -52,11 +68,14 @@ class Telemetry:
     roll_deg: float | None = None  # ATTITUDE roll and pitch (for cameras fixed to the airframe)
     pitch_deg: float | None = None
     altitude_agl: float | None = None  # GLOBAL_POSITION_INT relative_alt (m above home)
+    altitude_amsl: float | None = None  # GLOBAL_POSITION_INT alt
     heading_deg: float | None = None
     lat: float | None = None  # GLOBAL_POSITION_INT (the autopilot's estimate)
     lon: float | None = None
     gnss: tuple[float, float, float, int] | None = None  # GPS_RAW_INT: lat, lon, accuracy (m), fix_type
     gnss_time: float = 0.0
+    ekf_origin: tuple[float, float, float] | None = None  # GPS_GLOBAL_ORIGIN: lat, lon, alt (m AMSL)
+    autopilot_system: int = 1
     updated: float = 0.0
 
 
@@ -66,23 +85,28 @@ class LinkStats:
     received: dict = field(default_factory=dict)
     autopilot_alive: bool = False
     link_losses: int = 0
+    origin_confirmed: bool = False
 
 
 class MavlinkLink:
-    def __init__(self, url: str, outputs=("gps_input",), gps_rate_hz: float = 5.0, system_id: int = 1,
-                 component_id: int = mavutil.mavlink.MAV_COMP_ID_ONBOARD_COMPUTER, origin: tuple | None = None,
+    def __init__(self, url: str, outputs=("gps_input",), gps_rate_hz: float = 10.0, system_id: int = 1,
+                 component_id: int = M.MAV_COMP_ID_ONBOARD_COMPUTER, origin: tuple | None = None,
                  signing_key: bytes | None = None, heartbeat_timeout: float = 3.0, max_prediction_s: float = 2.0,
-                 accel: float = 3.0, baud: int = 921600):
+                 accel: float = 3.0, baud: int = 921600, odometry_rate_hz: float = 10.0):
         bad = [o for o in outputs if o not in OUTPUTS]
         if bad:
             raise SkylocError(f"unknown MAVLink output {bad[0]!r}; choose from {', '.join(OUTPUTS)}")
         if gps_rate_hz < 5 and "gps_input" in outputs:
             raise SkylocError(f"gps_rate_hz {gps_rate_hz} is below 5: ArduPilot marks GPS_INPUT unhealthy under ~4 Hz")
-        self.url, self.outputs, self.gps_rate_hz = url, tuple(outputs), gps_rate_hz
+        if odometry_rate_hz < 4 and any(o in outputs for o in ("odometry", "vision_position")):
+            raise SkylocError(f"odometry_rate_hz {odometry_rate_hz} is below 4: ArduPilot drops ExternalNav "
+                              "after 300 ms without a message")
+        self.url, self.outputs = url, tuple(outputs)
+        self.gps_rate_hz, self.odometry_rate_hz = gps_rate_hz, odometry_rate_hz
         self.system_id, self.component_id, self.baud = system_id, component_id, baud
         self.signing_key, self.heartbeat_timeout = signing_key, heartbeat_timeout
         self.max_prediction_s, self.accel = max_prediction_s, accel
-        self.origin = origin  # (lat, lon, alt) of local NED; default: the first fix
+        self.origin: tuple[float, float, float] | None = tuple(origin) if origin else None  # lat, lon, alt AMSL
         self._ned: Geodesy | None = None
         self._origin_xy = (0.0, 0.0)
         self.telemetry = Telemetry()
@@ -92,11 +116,15 @@ class MavlinkLink:
         self._last_status: str | None = None
         self._last_heartbeat_rx = 0.0
         self._last_fix_sent = -math.inf
+        self._reset_counter = 0
+        self._track_id: int | None = None
+        self._last_sent_ne: tuple[float, float, float] | None = None  # north, east, sigma of the last odometry
+        self._origin_sent: tuple | None = None
         self._lock = threading.Lock()
+        self._outbox: queue.Queue = queue.Queue(maxsize=256)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.conn = None
-        self._boot = time.time()
         self._connect()
 
     # -- connection -----------------------------------------------------------------------------
@@ -124,12 +152,20 @@ class MavlinkLink:
         if self.conn is not None:
             self.conn.close()
 
-    def _send(self, name: str, fn, *args) -> None:
+    def _send(self, name: str, fn, *args, **kw) -> None:
+        """Write one message (sender thread only)."""
         try:
-            fn(*args)
+            fn(*args, **kw)
             self.stats.sent[name] = self.stats.sent.get(name, 0) + 1
         except OSError as exc:  # peer gone (e.g. UDP port unreachable): keep going, it may come back
             log.debug("send %s failed: %s", name, exc)
+
+    def _queue(self, name: str, fn, *args, **kw) -> None:
+        """Hand a message to the sender thread (any thread may call this)."""
+        try:
+            self._outbox.put_nowait((name, fn, args, kw))
+        except queue.Full:
+            log.warning("MAVLink outbox full: dropping %s", name)
 
     # -- receive --------------------------------------------------------------------------------
     def _rx_loop(self) -> None:
@@ -148,7 +184,7 @@ class MavlinkLink:
                 self.stats.autopilot_alive = alive
                 if alive:
                     log.info("autopilot link up")
-                    self.statustext("skyloc: autopilot link up", mavutil.mavlink.MAV_SEVERITY_INFO)
+                    self.statustext("skyloc: autopilot link up", M.MAV_SEVERITY_INFO)
                 else:
                     self.stats.link_losses += 1
                     log.warning("autopilot heartbeat lost; still sending, waiting for it to return")
@@ -160,39 +196,222 @@ class MavlinkLink:
         self.stats.received[kind] = self.stats.received.get(kind, 0) + 1
         t = self.telemetry
         if kind == "HEARTBEAT":
-            if msg.autopilot != mavutil.mavlink.MAV_AUTOPILOT_INVALID:
+            if msg.autopilot != M.MAV_AUTOPILOT_INVALID:
                 self._last_heartbeat_rx = now
+                t.autopilot_system = msg.get_srcSystem()
         elif kind == "ATTITUDE":
             t.yaw_deg = math.degrees(msg.yaw) % 360.0
             t.roll_deg, t.pitch_deg = math.degrees(msg.roll), math.degrees(msg.pitch)
+            t.updated = now
+        elif kind == "GLOBAL_POSITION_INT":
+            t.altitude_agl = msg.relative_alt / 1000.0
+            t.altitude_amsl = msg.alt / 1000.0
+            if msg.hdg != 65535:
+                t.heading_deg = msg.hdg / 100.0
+            if msg.lat or msg.lon:
+                t.lat, t.lon = msg.lat / 1e7, msg.lon / 1e7
             t.updated = now
         elif kind == "GPS_RAW_INT":
             acc = getattr(msg, "h_acc", 0) / 1000.0 if getattr(msg, "h_acc", 0) else (
                 msg.eph / 100.0 * 2.5 if msg.eph not in (0, 65535) else 10.0)  # HDOP x ~2.5 m UERE
             t.gnss = (msg.lat / 1e7, msg.lon / 1e7, max(1.0, acc), int(msg.fix_type))
             t.gnss_time = now
-        elif kind == "GLOBAL_POSITION_INT":
-            t.altitude_agl = msg.relative_alt / 1000.0
-            if msg.hdg != 65535:
-                t.heading_deg = msg.hdg / 100.0
-            if msg.lat or msg.lon:
-                t.lat, t.lon = msg.lat / 1e7, msg.lon / 1e7
-            t.updated = now
+        elif kind == "GPS_GLOBAL_ORIGIN":
+            origin = (msg.latitude / 1e7, msg.longitude / 1e7, msg.altitude / 1000.0)
+            with self._lock:
+                t.ekf_origin = origin
+                if self.origin is None or math.hypot(origin[0] - self.origin[0], origin[1] - self.origin[1]) > 1e-7:
+                    log.info("the autopilot's EKF origin is %.7f, %.7f: local positions are relative to it", *origin[:2])
+                    self._set_origin(origin)
+                self.stats.origin_confirmed = True
 
     # -- transmit -------------------------------------------------------------------------------
     def _tx_loop(self) -> None:
-        next_hb, next_gps = 0.0, 0.0
-        period = 1.0 / self.gps_rate_hz
+        """One steady clock per output; event messages from other threads go out in between."""
+        clocks = {"heartbeat": 1.0, "origin": 1.0}
+        if "gps_input" in self.outputs:
+            clocks["gps_input"] = 1.0 / self.gps_rate_hz
+        for o in ("odometry", "vision_position"):
+            if o in self.outputs:
+                clocks[o] = 1.0 / self.odometry_rate_hz
+        due = {k: 0.0 for k in clocks}
         while not self._stop.is_set():
             now = time.time()
-            if now >= next_hb:
-                self._send("HEARTBEAT", self.conn.mav.heartbeat_send, mavutil.mavlink.MAV_TYPE_ONBOARD_CONTROLLER,
-                           mavutil.mavlink.MAV_AUTOPILOT_INVALID, 0, 0, mavutil.mavlink.MAV_STATE_ACTIVE)
-                next_hb = now + 1.0
-            if "gps_input" in self.outputs and now >= next_gps:
-                self._send_gps_input(now)
-                next_gps = max(next_gps + period, now - period)  # steady rate, no bursts after a stall
-            self._stop.wait(max(0.0, min(next_hb, next_gps if "gps_input" in self.outputs else next_hb) - time.time()))
+            for name, period in clocks.items():
+                if now >= due[name]:
+                    getattr(self, f"_tick_{name}")(now)
+                    due[name] = max(due[name] + period, now - period)  # steady rate, no bursts after a stall
+            while True:
+                try:
+                    name, fn, args, kw = self._outbox.get_nowait()
+                except queue.Empty:
+                    break
+                self._send(name, fn, *args, **kw)
+            wait = min(due.values()) - time.time()
+            if wait > 0:
+                try:  # sleep until the next tick, or until an event message arrives
+                    name, fn, args, kw = self._outbox.get(timeout=wait)
+                    self._send(name, fn, *args, **kw)
+                except queue.Empty:
+                    pass
+
+    def _tick_heartbeat(self, now: float) -> None:
+        self._send("HEARTBEAT", self.conn.mav.heartbeat_send, M.MAV_TYPE_ONBOARD_CONTROLLER, M.MAV_AUTOPILOT_INVALID,
+                   0, 0, M.MAV_STATE_ACTIVE)
+
+    def _tick_origin(self, now: float) -> None:
+        """SET_GPS_GLOBAL_ORIGIN until the autopilot confirms it (only outputs in local NED need it)."""
+        if self.stats.origin_confirmed or not any(o in self.outputs for o in ("odometry", "vision_position")):
+            return
+        with self._lock:
+            origin = self.origin
+        if origin is None:
+            return
+        self._send("SET_GPS_GLOBAL_ORIGIN", self.conn.mav.set_gps_global_origin_send,
+                   self.telemetry.autopilot_system, int(round(origin[0] * 1e7)), int(round(origin[1] * 1e7)),
+                   int(round(origin[2] * 1000)), int(now * 1e6))
+        self._origin_sent = origin
+
+    def _origin_first(self, now: float) -> None:
+        """The EKF cannot use local positions before it has the origin: it goes out first."""
+        if not self.stats.origin_confirmed and self._origin_sent != self.origin:
+            self._tick_origin(now)
+
+    def _tick_gps_input(self, now: float) -> None:
+        f = self.gps_input_fields(now)
+        if f["fix_type"] >= 3:
+            self._last_fix_sent = now
+        self._send("GPS_INPUT", self.conn.mav.gps_input_send, **f)
+
+    def _tick_odometry(self, now: float) -> None:
+        f = self.odometry_fields(now)
+        if f is not None:
+            self._origin_first(now)
+            self._send("ODOMETRY", self.conn.mav.odometry_send, **f)
+
+    def _tick_vision_position(self, now: float) -> None:
+        f = self.odometry_fields(now)
+        if f is None:
+            return
+        self._origin_first(now)
+        roll, pitch, yaw = (math.radians(v or 0.0) for v in (self.telemetry.roll_deg, self.telemetry.pitch_deg,
+                                                              self.telemetry.yaw_deg))
+        self._send("VISION_POSITION_ESTIMATE", self.conn.mav.vision_position_estimate_send, f["time_usec"], f["x"],
+                   f["y"], f["z"], roll, pitch, yaw, f["pose_covariance"], f["reset_counter"])
+
+    def statustext(self, text: str, severity: int = M.MAV_SEVERITY_NOTICE) -> None:
+        self._queue("STATUSTEXT", self.conn.mav.statustext_send, severity, text[:50].encode())
+
+    # -- estimates in ---------------------------------------------------------------------------
+    def publish(self, est: Estimate) -> None:
+        """Hand a new estimate to the link: the clocked outputs predict from it until the next."""
+        with self._lock:
+            self._latest, self._latest_wall = est, time.time()
+            if est.status == OK and self.origin is None and est.has_position:
+                alt = self.telemetry.altitude_amsl
+                agl = self.telemetry.altitude_agl
+                ground = (alt - agl) if alt is not None and agl is not None else 0.0
+                self._set_origin((est.lat, est.lon, ground))
+                log.info("EKF origin from the first ok fix: %.7f, %.7f", est.lat, est.lon)
+            if self._track_id is not None and est.track_id != self._track_id and est.has_position:
+                self._reset_counter = (self._reset_counter + 1) % 256  # the track restarted: a position jump
+            if est.has_position:
+                self._track_id = est.track_id
+        if est.status != self._last_status:
+            text = {OK: "skyloc: fix OK", NO_FIX: "skyloc: no fix"}.get(est.status, "skyloc: fix degraded")
+            sev = M.MAV_SEVERITY_INFO if est.status == OK else M.MAV_SEVERITY_WARNING
+            self.statustext(f"{text} ({est.horizontal_accuracy:.0f} m)" if est.has_position else text, sev)
+            self._last_status = est.status
+        if est.has_position and "global_position" in self.outputs:
+            flags = 0 if est.status == OK else M.GLOBAL_POSITION_UNHEALTHY
+            self._queue("GLOBAL_POSITION_SENSOR", self.conn.mav.global_position_sensor_send, 0, 0, 0,
+                        int(est.time * 1e6), int(est.latency_ms.get("total", 0.0) * 1000),
+                        M.GLOBAL_POSITION_SRC_VISION, flags, int(round(est.lat * 1e7)), int(round(est.lon * 1e7)),
+                        float("nan"), float("nan"), est.horizontal_accuracy, float("nan"))
+
+    def _set_origin(self, origin: tuple[float, float, float]) -> None:
+        self.origin = origin
+        self._ned = Geodesy(utm_crs_for(origin[0], origin[1]))
+        self._origin_xy = self._ned.from_latlon(origin[0], origin[1])
+
+    def _predicted(self, now: float):
+        """(estimate, age s, lat, lon, horizontal 1-sigma per axis) of the newest estimate carried to now."""
+        with self._lock:
+            est, at = self._latest, self._latest_wall
+        if est is None or not est.has_position:
+            return None
+        age = max(0.0, now - at)
+        lat, lon = est.lat, est.lon
+        if age > 0:  # dead-reckon with the filter's velocity
+            lat += est.vy * age / 111_320.0
+            lon += est.vx * age / (111_320.0 * max(0.01, math.cos(math.radians(lat))))
+        drms = math.hypot(est.horizontal_accuracy, 0.5 * self.accel * age * age + 1.0 * age)
+        return est, age, lat, lon, drms
+
+    # -- message contents -----------------------------------------------------------------------
+    def gps_input_fields(self, now: float) -> dict:
+        """GPS_INPUT contents at wall time `now`: the last fix predicted forward, honestly degraded."""
+        week, week_ms = gps_time(now)
+        f = dict(time_usec=int(now * 1e6), gps_id=0, ignore_flags=GPS_IGNORE_FLAGS, time_week_ms=week_ms,
+                 time_week=week, fix_type=0, lat=0, lon=0, alt=0.0, hdop=99.99, vdop=99.99, vn=0.0, ve=0.0, vd=0.0,
+                 speed_accuracy=99.0, horiz_accuracy=9999.0, vert_accuracy=0.0, satellites_visible=0, yaw=0)
+        p = self._predicted(now)
+        if p is None:
+            return f
+        est, age, lat, lon, acc = p
+        f.update(lat=int(round(lat * 1e7)), lon=int(round(lon * 1e7)), vn=est.vy, ve=est.vx,
+                 horiz_accuracy=float(acc), hdop=float(min(99.0, max(0.5, acc / 3.0))),
+                 speed_accuracy=float(min(99.0, 1.0 + 2.0 * age + est.horizontal_accuracy / 10)))
+        if est.status == OK and age <= self.max_prediction_s:
+            # ArduPilot's EKF wants >= 6 satellites for a usable fix; a vision fix has none, so
+            # report a nominal 10 only while the fix is good (0 otherwise).
+            f.update(fix_type=3, satellites_visible=10)
+        return f
+
+    def odometry_fields(self, now: float) -> dict | None:
+        """ODOMETRY contents at `now`, or None while it cannot be sent honestly: no origin yet, no
+        attitude from the autopilot, no position, or a prediction older than `max_prediction_s`."""
+        t = self.telemetry
+        p = self._predicted(now)
+        if p is None or self._ned is None or t.yaw_deg is None:
+            return None
+        est, age, lat, lon, drms = p
+        if age > self.max_prediction_s:
+            return None
+        x, y = self._ned.from_latlon(lat, lon)
+        north, east = y - self._origin_xy[1], x - self._origin_xy[0]
+        down = -(t.altitude_agl if t.altitude_agl is not None else 0.0)
+        sigma = drms / math.sqrt(2.0)  # per axis
+        var = sigma * sigma
+        with self._lock:
+            if self._last_sent_ne is not None:  # a jump the filter did not move smoothly through is a reset
+                n0, e0, s0 = self._last_sent_ne
+                if math.hypot(north - n0, east - e0) > max(10.0, 4.0 * max(s0, sigma)):
+                    self._reset_counter = (self._reset_counter + 1) % 256
+            self._last_sent_ne = (north, east, sigma)
+            reset = self._reset_counter
+        roll, pitch, yaw = (math.radians(v or 0.0) for v in (t.roll_deg, t.pitch_deg, t.yaw_deg))
+        q = euler_to_quaternion(roll, pitch, yaw)
+        cy, sy = math.cos(yaw), math.sin(yaw)  # NED velocity into the body frame (level flight)
+        vfwd, vright = est.vy * cy + est.vx * sy, -est.vy * sy + est.vx * cy
+        pose_cov = [0.0] * 21
+        pose_cov[0] = pose_cov[6] = var  # x, y
+        pose_cov[11] = Z_SIGMA**2  # z
+        pose_cov[15] = pose_cov[18] = pose_cov[20] = ATT_SIGMA**2  # roll, pitch, yaw
+        vel_var = (1.0 + 2.0 * age) ** 2
+        vel_cov = [0.0] * 21
+        vel_cov[0] = vel_cov[6] = vel_var
+        vel_cov[11] = 4.0  # no vertical velocity is measured: 0 +- 2 m/s
+        vel_cov[15] = vel_cov[18] = vel_cov[20] = 1.0
+        if est.status == OK and age <= 0.5:
+            quality = int(max(50, min(100, round(100 * est.confidence))))
+        else:
+            quality = int(max(1, min(49, round(50 * est.confidence))))
+        return dict(time_usec=int(now * 1e6), frame_id=M.MAV_FRAME_LOCAL_FRD, child_frame_id=M.MAV_FRAME_BODY_FRD,
+                    x=float(north), y=float(east), z=float(down), q=q, vx=float(vfwd), vy=float(vright), vz=0.0,
+                    rollspeed=float("nan"), pitchspeed=float("nan"), yawspeed=float("nan"),
+                    pose_covariance=pose_cov, velocity_covariance=vel_cov, reset_counter=reset,
+                    estimator_type=M.MAV_ESTIMATOR_TYPE_VISION, quality=quality)
 
     def gnss_fix(self, now: float, max_age: float = 2.0, quiet_s: float = 5.0) -> tuple[float, float, float] | None:
         """The autopilot's own GNSS fix (lat, lon, accuracy m) when it is a fresh 3D fix that cannot
@@ -203,91 +422,3 @@ class MavlinkLink:
         if "gps_input" in self.outputs and now - self._last_fix_sent < quiet_s:
             return None
         return g[0], g[1], g[2]
-
-    def statustext(self, text: str, severity: int = mavutil.mavlink.MAV_SEVERITY_NOTICE) -> None:
-        self._send("STATUSTEXT", self.conn.mav.statustext_send, severity, text[:50].encode())
-
-    def publish(self, est: Estimate) -> None:
-        """Hand a new estimate to the link: event outputs go now, GPS_INPUT on its own clock."""
-        with self._lock:
-            self._latest, self._latest_wall = est, time.time()
-        if est.status != self._last_status:
-            text = {OK: "skyloc: fix OK", NO_FIX: "skyloc: no fix"}.get(est.status, "skyloc: fix degraded")
-            sev = mavutil.mavlink.MAV_SEVERITY_INFO if est.status == OK else mavutil.mavlink.MAV_SEVERITY_WARNING
-            self.statustext(f"{text} ({est.horizontal_accuracy:.0f} m)" if est.has_position else text, sev)
-            self._last_status = est.status
-        if not est.has_position:
-            return
-        usec = int(est.time * 1e6)
-        if any(o in self.outputs for o in ("odometry", "vision_position")):
-            n, e = self._local_ne(est)
-            var = est.horizontal_accuracy ** 2
-            nan = float("nan")
-            if "odometry" in self.outputs:
-                pose_cov = [nan] * 21
-                pose_cov[0], pose_cov[6], pose_cov[11] = var, var, 1e4  # x, y, z variances
-                vel_cov = [nan] * 21
-                q = self._quaternion()
-                self._send("ODOMETRY", self.conn.mav.odometry_send, usec, mavutil.mavlink.MAV_FRAME_LOCAL_FRD,
-                           mavutil.mavlink.MAV_FRAME_BODY_FRD, n, e, nan, q, nan, nan, nan, nan, nan, nan,
-                           pose_cov, vel_cov, 0, mavutil.mavlink.MAV_ESTIMATOR_TYPE_VISION,
-                           int(100 * est.confidence) if est.status == OK else 0)
-            if "vision_position" in self.outputs:
-                cov = [0.0] * 21
-                cov[0], cov[6], cov[11] = var, var, 1e4
-                yaw = math.radians(self.telemetry.yaw_deg) if self.telemetry.yaw_deg is not None else 0.0
-                self._send("VISION_POSITION_ESTIMATE", self.conn.mav.vision_position_estimate_send, usec, n, e, 0.0,
-                           0.0, 0.0, yaw, cov, 0)
-        if "global_position" in self.outputs:
-            flags = 0 if est.status == OK else mavutil.mavlink.GLOBAL_POSITION_UNHEALTHY
-            self._send("GLOBAL_POSITION_SENSOR", self.conn.mav.global_position_sensor_send, 0, 0, 0, usec,
-                       int(sum(est.latency_ms.values()) * 1000) if est.latency_ms else 0,
-                       mavutil.mavlink.GLOBAL_POSITION_SRC_VISION, flags, int(round(est.lat * 1e7)),
-                       int(round(est.lon * 1e7)), float("nan"), float("nan"), est.horizontal_accuracy, float("nan"))
-
-    def _quaternion(self) -> list[float]:
-        if self.telemetry.yaw_deg is None:
-            return [float("nan"), 0.0, 0.0, 0.0]  # unknown attitude
-        half = math.radians(self.telemetry.yaw_deg) / 2
-        return [math.cos(half), 0.0, 0.0, math.sin(half)]
-
-    def _local_ne(self, est: Estimate) -> tuple[float, float]:
-        if self._ned is None:
-            lat0, lon0 = (self.origin[0], self.origin[1]) if self.origin else (est.lat, est.lon)
-            self._ned = Geodesy(utm_crs_for(lat0, lon0))
-            self._origin_xy = self._ned.from_latlon(lat0, lon0)
-        x, y = self._ned.from_latlon(est.lat, est.lon)
-        return y - self._origin_xy[1], x - self._origin_xy[0]  # north, east
-
-    def gps_input_fields(self, now: float) -> dict:
-        """GPS_INPUT contents at wall time `now`: the last fix predicted forward, honestly degraded."""
-        with self._lock:
-            est, at = self._latest, self._latest_wall
-        week, week_ms = gps_time(now)
-        f = dict(time_usec=int(now * 1e6), gps_id=0, ignore_flags=GPS_IGNORE_FLAGS, time_week_ms=week_ms,
-                 time_week=week, fix_type=0, lat=0, lon=0, alt=0.0, hdop=99.99, vdop=99.99, vn=0.0, ve=0.0, vd=0.0,
-                 speed_accuracy=99.0, horiz_accuracy=9999.0, vert_accuracy=0.0, satellites_visible=0, yaw=0)
-        if est is None or not est.has_position:
-            return f
-        age = max(0.0, now - at)
-        lat, lon = est.lat, est.lon
-        if age > 0:  # dead-reckon with the filter's velocity
-            dlat = est.vy * age / 111_320.0
-            dlon = est.vx * age / (111_320.0 * max(0.01, math.cos(math.radians(lat))))
-            lat, lon = lat + dlat, lon + dlon
-        acc = math.hypot(est.horizontal_accuracy, 0.5 * self.accel * age * age + 1.0 * age)
-        fresh = age <= self.max_prediction_s
-        f.update(lat=int(round(lat * 1e7)), lon=int(round(lon * 1e7)), vn=est.vy, ve=est.vx,
-                 horiz_accuracy=float(acc), hdop=float(min(99.0, max(0.5, acc / 3.0))),
-                 speed_accuracy=float(min(99.0, 1.0 + 2.0 * age + est.horizontal_accuracy / 10)))
-        if est.status == OK and fresh:
-            # ArduPilot's EKF wants >= 6 satellites for a usable fix; a vision fix has none, so
-            # report a nominal 10 only while the fix is good (0 otherwise).
-            f.update(fix_type=3, satellites_visible=10)
-        return f
-
-    def _send_gps_input(self, now: float) -> None:
-        f = self.gps_input_fields(now)
-        if f["fix_type"] >= 3:
-            self._last_fix_sent = now
-        self._send("GPS_INPUT", lambda: self.conn.mav.gps_input_send(**f))

@@ -1,0 +1,92 @@
+"""skyloc against a peer that behaves as ArduPilot does: EKF origin first, ODOMETRY it can fuse."""
+import math
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from skyloc.onboard.mavlink import MavlinkLink, euler_to_quaternion
+from skyloc.onboard.peer import AutopilotPeer
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_quaternion_is_the_body_to_ned_rotation():
+    w, x, y, z = euler_to_quaternion(0.0, 0.0, math.radians(90))
+    assert (w, z) == pytest.approx((math.cos(math.pi / 4), math.sin(math.pi / 4))) and x == y == 0
+    q = np.array(euler_to_quaternion(0.1, -0.2, 2.5))
+    assert np.linalg.norm(q) == pytest.approx(1.0)
+
+
+def test_odometry_as_ardupilot_wants_it_origin_first_and_a_reset_on_relocalization(tmp_path, heldout_map,
+                                                                                  heldout_cache, embedder):
+    from skyloc.onboard.replay import replay
+    from skyloc.onboard.telemetry import load_telemetry
+    from skyloc.runtime.cache import TileCache
+    from skyloc.runtime.localizer import Localizer, LocalizerConfig
+    from skyloc.synth.flight import FlightConfig, render_flight
+
+    render_flight(heldout_map, tmp_path / "f.mp4", tmp_path / "f.csv",
+                  FlightConfig(duration_s=8, fps=10, speed=10, altitude=125, pitch=0, width=480, height=320,
+                               route="turns", seed=6))
+    tel = load_telemetry(tmp_path / "f.csv")
+    t0 = [time.time()]
+
+    def vehicle():  # what the autopilot itself knows: attitude and altitude (no position: GNSS is denied)
+        s = tel.at(time.time() - t0[0])
+        return s.yaw, 0.0, 0.0, s.alt, 0.0, 0.0
+
+    port = _free_port()
+    peer = AutopilotPeer(port, vehicle).start()
+    link = MavlinkLink(f"udpout:127.0.0.1:{port}", outputs=("odometry", "gps_input"), odometry_rate_hz=10.0).start()
+    first = tel.at(0.0)
+    loc = Localizer(embedder, TileCache.load(heldout_cache, embedder.meta), LocalizerConfig(),
+                    start=(first.lat, first.lon, 40.0))
+
+    def force(row):  # halfway, the track is dropped: relocalization must start a new one
+        if row.frame == 40:
+            loc.reset()
+
+    try:
+        t0[0] = time.time()
+        res = replay(str(tmp_path / "f.mp4"), loc, tel, mavlink=link, realtime=True, progress=force)
+        time.sleep(0.3)
+    finally:
+        link.close()
+        peer.stop()
+    kinds = [m.get_type() for _, m in peer.messages]
+    assert "SET_GPS_GLOBAL_ORIGIN" in kinds and "ODOMETRY" in kinds
+    assert kinds.index("SET_GPS_GLOBAL_ORIGIN") < kinds.index("ODOMETRY")  # the EKF can use the first one
+    assert link.stats.origin_confirmed and peer.origin[0] == pytest.approx(first.lat, abs=5e-4)
+    odo = peer.of("ODOMETRY")
+    for m in odo:
+        assert m.frame_id == 20 and m.child_frame_id == 12  # MAV_FRAME_LOCAL_FRD, MAV_FRAME_BODY_FRD
+        assert all(math.isfinite(v) for v in (m.x, m.y, m.z, m.vx, m.vy, m.vz))
+        assert np.linalg.norm(m.q) == pytest.approx(1.0, abs=1e-4)
+        assert 0 < m.pose_covariance[0] < 1e3 and m.pose_covariance[11] <= 10.0  # z no longer drowns x and y
+        assert 1 <= m.quality <= 100
+    # ArduPilot's single position error from that covariance stays close to the horizontal accuracy
+    pos_err = [math.cbrt(m.pose_covariance[0] ** 2 + m.pose_covariance[6] ** 2 + m.pose_covariance[11] ** 2) for m in odo]
+    assert max(pos_err) < 30.0
+    # steady >= 4 Hz while there is a track (the relocalization gap has no position to send)
+    t = np.array([tt for tt, m in peer.messages if m.get_type() == "ODOMETRY"])
+    gaps = np.diff(t)
+    assert (gaps <= 0.25).mean() > 0.9 and len(odo) / (t[-1] - t[0]) >= 4.0
+    resets = [m.reset_counter for m in odo]
+    assert resets == sorted(resets) and resets[-1] > resets[0], resets  # bumped by the forced relocalization
+    rep = res.report
+    assert rep["track_starts"] >= 2 and rep["ok"] > 0
+    # the last ODOMETRY is where the drone is (north/east of the origin)
+    last = odo[-1]
+    truth = tel.at(res.rows[-1].est.time)
+    from skyloc.runtime.geo import Geodesy, utm_crs_for
+
+    g = Geodesy(utm_crs_for(peer.origin[0], peer.origin[1]))
+    ox, oy = g.from_latlon(peer.origin[0], peer.origin[1])
+    tx, ty = g.from_latlon(truth.lat, truth.lon)
+    assert math.hypot(last.x - (ty - oy), last.y - (tx - ox)) < 8.0
