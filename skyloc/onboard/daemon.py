@@ -28,8 +28,13 @@ log = logging.getLogger("skyloc.daemon")
 
 
 class Daemon:
-    def __init__(self, cfg: DaemonConfig):
+    """`opener(uri) -> Source` replaces how the camera is opened (bench set-ups and fault injection)."""
+
+    telemetry_timeout_s = 1.0  # older autopilot telemetry counts as missing, not as current
+
+    def __init__(self, cfg: DaemonConfig, opener=None):
         self.cfg = cfg
+        self.opener = opener
         self.stop_event = threading.Event()
         self.frames = 0
         self.errors = 0
@@ -94,7 +99,7 @@ class Daemon:
         os.replace(tmp, p)
 
     def run(self) -> int:
-        camera = LatestFrame(self.cfg.source)
+        camera = LatestFrame(self.cfg.source, opener=self.opener) if self.opener else LatestFrame(self.cfg.source)
         self.state = "running"
         period = 1.0 / self.cfg.max_fps
         log.info("running: source %s, %d tiles, outputs %s", self.cfg.source, len(self.cache),
@@ -108,27 +113,29 @@ class Daemon:
                         log.info("source %s ended", self.cfg.source)
                         self.state = "source ended"
                         break
-                    self._publish(Estimate(time.time(), NO_FIX, message="no camera frame"), None, None)
+                    self._publish(self.localizer.predict(time.time(), "no camera frame"), None, None)
                     self.write_status(camera)
                     continue
                 self.frames += 1
+                now = time.time()
                 tel = self.link.telemetry if self.link else None
+                if tel is not None and now - tel.updated > self.telemetry_timeout_s:
+                    tel = None  # the autopilot stopped streaming: stale attitude is no attitude
                 yaw = roll = pitch = None
                 if tel is not None and tel.yaw_deg is not None:
                     yaw = (tel.yaw_deg + self.cfg.camera.mount_yaw_deg) % 360
                     roll, pitch = tel.roll_deg, tel.pitch_deg
                 alt = tel.altitude_agl if tel is not None else None
-                now = time.time()
                 self._gnss_prior(now)
                 if frame.image is None:
-                    est = Estimate(now, NO_FIX, message="corrupt frame")
+                    est = self.localizer.predict(now, "corrupt frame")
                 else:
                     try:
                         est = self.localizer.locate(frame.image, now, yaw, alt, roll_deg=roll, vehicle_pitch_deg=pitch)
                     except Exception as exc:  # one bad frame must not stop the daemon
                         self.errors += 1
                         log.error("frame %d failed: %s", frame.index, exc)
-                        est = Estimate(time.time(), NO_FIX, message=f"error: {exc}")
+                        est = self._prediction_after_error(f"error: {exc}")
                 self._publish(est, yaw, alt)
                 self.write_status(camera)
                 self.stop_event.wait(max(0.0, period - (time.time() - t_start)))
@@ -142,6 +149,12 @@ class Daemon:
                 self._csv_file.close()
         log.info("stopped after %d frames (%d errors)", self.frames, self.errors)
         return 0
+
+    def _prediction_after_error(self, why: str) -> Estimate:
+        try:
+            return self.localizer.predict(time.time(), why)
+        except Exception:  # the localizer itself is broken: say so, with no position
+            return Estimate(time.time(), NO_FIX, message=why)
 
     def _gnss_prior(self, now: float) -> None:
         """While skyloc has no confirmed track, the autopilot's own GNSS fix starts one. The raw

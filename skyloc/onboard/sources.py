@@ -2,6 +2,7 @@
 
     path/to/video.mp4 | file://path     a video file (replayed at its own pace, every frame)
     path/to/folder/                      a folder of images, in name order
+    loop://path/to/video.mp4             a recording played forever as a live camera (bench set-ups)
     v4l2:///dev/video0                   a V4L2 camera
     csi://0                              a Jetson CSI camera (GStreamer nvarguscamerasrc)
     rtsp://host/stream                   an RTSP stream
@@ -123,6 +124,58 @@ class FolderSource(Source):
         return self._time(len(self.files) - 1)
 
 
+class LoopSource(Source):
+    """A recording played over and over at its own frame rate on the wall clock, like a live camera:
+    the frame handed out is the one due now (late readers skip frames, as with a real camera)."""
+
+    live = True
+
+    def __init__(self, path: Path, fps: float | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SkylocError(f"video source not found: {path} (loop:// needs a video file)")
+        self.cap = cv2.VideoCapture(str(self.path))
+        if not self.cap.isOpened():
+            raise SkylocError(f"cannot open video {path} for loop://")
+        self.fps = fps or self.cap.get(cv2.CAP_PROP_FPS) or 10.0
+        self.frames = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.t0 = time.time()
+        self.pos = 0  # frames read in total (over all laps)
+        self.index = 0
+
+    def read(self) -> Frame | None:
+        due = int((time.time() - self.t0) * self.fps)
+        if due < self.pos:  # early: wait for the frame's time
+            time.sleep((self.pos - due) / self.fps)
+            due = self.pos
+        while self.pos < due:  # late: skip what a camera would have overwritten
+            self._next(grab_only=True)
+        bgr = self._next()
+        self.index += 1
+        img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if bgr is not None else None
+        return Frame(img, self.index - 1, self.t0 + (self.pos - 1) / self.fps)
+
+    def _next(self, grab_only: bool = False):
+        ok = self.cap.grab()
+        if not ok:  # end of the lap: start over
+            self.cap.release()
+            self.cap = cv2.VideoCapture(str(self.path))
+            ok = self.cap.grab()
+        self.pos += 1
+        if grab_only or not ok:
+            return None
+        ok, bgr = self.cap.retrieve()
+        return bgr if ok else None
+
+    def lap_time(self, t: float) -> float:
+        """Seconds into the recording of the frame shown at wall time t."""
+        n = self.frames or 1
+        return ((t - self.t0) * self.fps % n) / self.fps
+
+    def close(self) -> None:
+        self.cap.release()
+
+
 def csi_pipeline(sensor: int, width: int = 1280, height: int = 720, fps: int = 30) -> str:
     return (f"nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),width={width},height={height},"
             f"framerate={fps}/1 ! nvvidconv ! video/x-raw,format=BGRx ! videoconvert ! video/x-raw,format=BGR ! "
@@ -167,6 +220,8 @@ def open_source(uri: str) -> Source:
         return CaptureSource(dev, True, cv2.CAP_V4L2, uri)
     if uri.startswith(("rtsp://", "rtsps://", "http://", "https://")):
         return CaptureSource(uri, True, cv2.CAP_FFMPEG, uri)
+    if uri.startswith("loop://"):
+        return LoopSource(Path(uri[7:]))
     path = Path(uri[7:] if uri.startswith("file://") else uri)
     if path.is_dir():
         return FolderSource(path)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +103,7 @@ class Localizer:
         self.next_relocalization = -math.inf
         self.rejections = 0
         self.last_altitude: tuple[float, float] | None = None  # (t, altitude)
+        self.last_yaw: tuple[float, float] | None = None  # (t, yaw actually used, visual corrections included)
         self.start = start
         if start is not None:
             self._check_on_map(start[0], start[1], "the start position")
@@ -174,11 +175,20 @@ class Localizer:
 
         # 1. odometry ------------------------------------------------------------------------
         t1 = time.perf_counter()
-        step = self.odometry.step(frame, t, pose, intr) if math.isfinite(pose.altitude) else None
+        yaw_from_vision = not math.isfinite(pose.yaw) and self.last_yaw is not None and t - self.last_yaw[0] < 10.0
+        if yaw_from_vision:  # no heading from telemetry: the last one, turned by what the camera sees
+            pose = replace(pose, yaw=self.last_yaw[1])
+        step = self.odometry.step(frame, t, pose, intr, trust_yaw=not yaw_from_vision) \
+            if math.isfinite(pose.altitude) and math.isfinite(pose.yaw) else None
         if step is not None and step.ok and step.yaw_correction_deg:
-            notes.append(f"telemetry yaw off by {step.yaw_correction_deg:+.0f} deg: using the visual heading")
-            pose = Pose(pose.x, pose.y, pose.altitude, (pose.yaw + step.yaw_correction_deg) % 360, pose.tilt,
-                        pose.pitch, pose.roll)
+            if not yaw_from_vision:
+                notes.append(f"telemetry yaw off by {step.yaw_correction_deg:+.0f} deg: using the visual heading")
+            pose = replace(pose, yaw=(pose.yaw + step.yaw_correction_deg) % 360)
+        if yaw_from_vision:
+            notes.append("no yaw from telemetry: heading carried by odometry" if step is not None and step.ok
+                         else "no yaw from telemetry")
+        if math.isfinite(pose.yaw) and (step is None or step.ok or not yaw_from_vision):
+            self.last_yaw = (t, pose.yaw)
         lat_ms["odometry"] = (time.perf_counter() - t1) * 1e3
 
         # 2. prediction ----------------------------------------------------------------------
@@ -203,6 +213,18 @@ class Localizer:
         self._finish(est, t, pose, notes)
         lat_ms["total"] = (time.perf_counter() - t0) * 1e3
         est.latency_ms = {k: round(v, 2) for k, v in lat_ms.items()}
+        return est
+
+    def predict(self, t: float, why: str) -> Estimate:
+        """The track carried to time t without a frame (the camera dropped out): dead reckoning
+        with the filter's velocity, the accuracy growing, never "ok" (odometry is interrupted)."""
+        est = Estimate(t, NO_FIX, track_id=self.track_id, source="prediction")
+        if self.filter.initialized and t > self.filter.t:
+            self.filter.predict(t)
+            self.evidence.no_odometry(t, self.cfg.status.max_odometry_gap_s)
+            self.odometry.reset()  # the next frame has nothing to compare with
+        alt = self.last_altitude[1] if self.last_altitude else math.nan
+        self._finish(est, t, Pose(altitude=alt), [why])
         return est
 
     def _pose(self, t, yaw, alt, tilt, roll, vpitch) -> tuple[Pose, str]:

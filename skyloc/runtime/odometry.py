@@ -93,10 +93,13 @@ class VisualOdometry:
         keep = strength >= self.cfg.min_corner_strength
         return p[keep].astype(np.float32).reshape(-1, 1, 2) if keep.sum() else None
 
-    def step(self, frame: np.ndarray, t: float, pose: Pose, intrinsics: Intrinsics) -> OdometryStep | None:
+    def step(self, frame: np.ndarray, t: float, pose: Pose, intrinsics: Intrinsics,
+             trust_yaw: bool = True) -> OdometryStep | None:
         """Motion since the previous frame given to `step`; None for the first frame.
 
-        `pose` carries this frame's altitude and attitude (its x, y are ignored).
+        `pose` carries this frame's altitude and attitude (its x, y are ignored). trust_yaw=False
+        (no heading from telemetry, the previous one stands in): every visual turn becomes a yaw
+        correction, not only a jump.
         """
         grey, scale = self._prepare(frame)
         intr = intrinsics.scaled(grey.shape[1], grey.shape[0])
@@ -150,7 +153,7 @@ class VisualOdometry:
         step = OdometryStep(t, dt, True, dx, dy, sigma, int(sim_in.sum()), len(a), -rot, s)
         if sim_in.sum() < self.cfg.min_inliers:
             return fail("no consistent ground motion", tracked=len(a), inliers=int(sim_in.sum()))
-        if abs(rot) > self.cfg.max_rotation_deg:
+        if abs(rot) > (self.cfg.max_rotation_deg if trust_yaw else 0.0):
             # The displacement is still right (the fit includes the rotation), but this frame's yaw
             # is not: the previous yaw plus the visual turn replaces it, here and for the next step.
             step.yaw_correction_deg = YAW_SIGN * rot

@@ -32,7 +32,7 @@ class FlightConfig:
     width: int = 320
     height: int = 320
     seed: int = 0
-    route: str = "wander"  # wander | turns
+    route: str = "wander"  # wander | turns | circle (one lap per duration: a video that loops seamlessly)
     turn_deg: float = 120.0  # turns: the first turn's size (the heading changes at least this much)
     turn_rate: float = 12.0  # deg/s in a turn
     exposure: float = 0.0  # 0: per-frame random photometrics (training-like); > 0: a camera's drifting exposure
@@ -75,6 +75,16 @@ def _turns(n: int, dt: float, cfg: FlightConfig, rng: np.random.Generator, lo, h
     return xy - (xy.min(0) + xy.max(0)) / 2 + (lo + hi) / 2
 
 
+def _circle(n: int, dt: float, cfg: FlightConfig, rng: np.random.Generator, lo, hi) -> np.ndarray:
+    """One lap of a circle in the duration, so the last frame leads straight into the first."""
+    radius = cfg.speed * n * dt / (2 * np.pi)
+    if 2 * radius > float(min(hi - lo)):
+        raise SkylocError(f"a circle of {radius:.0f} m radius does not fit the map: use a shorter --duration or "
+                          "a lower --speed")
+    a = rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.arange(n) / n
+    return (lo + hi) / 2 + radius * np.column_stack([np.cos(a), np.sin(a)])
+
+
 def route(bounds, cfg: FlightConfig, rng: np.random.Generator, margin: float) -> np.ndarray:
     """Route [T,2] (x, y metres) inside bounds, sampled at cfg.fps."""
     left, bottom, right, top = bounds
@@ -87,7 +97,9 @@ def route(bounds, cfg: FlightConfig, rng: np.random.Generator, margin: float) ->
         return _turns(n, 1.0 / cfg.fps, cfg, rng, lo, hi)
     if cfg.route == "wander":
         return _wander(n, 1.0 / cfg.fps, cfg, rng, lo, hi)
-    raise SkylocError(f"unknown route {cfg.route!r}: use wander or turns")
+    if cfg.route == "circle":
+        return _circle(n, 1.0 / cfg.fps, cfg, rng, lo, hi)
+    raise SkylocError(f"unknown route {cfg.route!r}: use wander, turns or circle")
 
 
 class CameraLook:
@@ -141,9 +153,9 @@ def render_flight(map_path: str | Path, video_path: str | Path, telemetry_path: 
     look = CameraLook(cfg, len(xy), rng) if cfg.exposure > 0 else None
     rows = []
     for i, (x, y) in enumerate(xy):
-        nxt = xy[i + 1] if i + 1 < len(xy) else xy[i] + (xy[i] - xy[i - 1])
+        nxt = xy[(i + 1) % len(xy)] if cfg.route == "circle" else xy[i + 1] if i + 1 < len(xy) else xy[i] + (xy[i] - xy[i - 1])
         yaw = float(np.degrees(np.arctan2(nxt[0] - x, nxt[1] - y)) % 360)
-        alt = cfg.altitude + cfg.altitude_jitter * np.sin(i / max(1, len(xy)) * 2 * np.pi)
+        alt = cfg.altitude + cfg.altitude_jitter * np.sin(i / max(1, len(xy)) * 2 * np.pi)  # periodic: loops too
         cam = Camera(x, y, alt, yaw, cfg.pitch, cfg.hfov, cfg.width, cfg.height)
         view = render_view(image, transform, cam)
         if look is None:
