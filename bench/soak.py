@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from skyloc.onboard.config import DaemonConfig  # noqa: E402
-from skyloc.onboard.daemon import Daemon  # noqa: E402
+from skyloc.onboard.daemon import Daemon, limit_malloc_arenas  # noqa: E402
 from skyloc.onboard.peer import AutopilotPeer  # noqa: E402
 from skyloc.onboard.sources import Frame, LoopSource, Source  # noqa: E402
 from skyloc.onboard.telemetry import load_telemetry  # noqa: E402
@@ -129,6 +129,7 @@ def prepare(out: Path, model: Path | None, minutes: float) -> dict:
 def run_soak(minutes: float, out: Path, model: Path | None = None, outputs=("gps_input", "odometry"),
              warmup_s: float | None = None, quiet: bool = False) -> dict:
     say = (lambda *a: None) if quiet else print
+    limit_malloc_arenas()  # as `skyloc run` does before its threads start
     t_setup = time.time()
     files = prepare(out, model, minutes)
     tel = load_telemetry(files["telemetry"])
@@ -151,7 +152,10 @@ def run_soak(minutes: float, out: Path, model: Path | None = None, outputs=("gps
         s = tel.at(loop.lap_time(time.time()))
         return s.yaw, 0.0, 0.0, s.alt, 0.0, 0.0
 
-    peer_box["peer"] = AutopilotPeer(port, vehicle).start()
+    # the peer lives in this process: it keeps arrival times, not messages, so its own memory stays
+    # small next to the daemon's (RSS is measured for the whole process)
+    keep = {"SET_GPS_GLOBAL_ORIGIN", "STATUSTEXT"}
+    peer_box["peer"] = AutopilotPeer(port, vehicle, keep=keep).start()
     duration = minutes * 60.0
     warmup_s = min(60.0, 0.2 * duration) if warmup_s is None else warmup_s
     say(f"set-up {time.time() - t_setup:.0f} s; soaking {minutes:g} min, outputs {', '.join(outputs)}, "
@@ -208,7 +212,8 @@ def run_soak(minutes: float, out: Path, model: Path | None = None, outputs=("gps
             elif name.startswith("autopilot"):
                 peer_box["peer"].stop()
                 windows.append((name, now, now + 10.0))
-                threading.Timer(10.0, lambda: peer_box.__setitem__("peer2", AutopilotPeer(port, vehicle).start())).start()
+                threading.Timer(10.0, lambda: peer_box.__setitem__(
+                    "peer2", AutopilotPeer(port, vehicle, keep=keep).start())).start()
             elif name.startswith("telemetry"):
                 p = peer_box.get("peer2", peer_box["peer"])
                 p.telemetry_on = False
@@ -273,7 +278,8 @@ def report(out, t0, duration, warmup_s, rss, windows, peers, files, tel, loop, f
     r_start = rss[0][1]
     r_warm = next((m for t, m in rss if t >= warmup_s), rss[-1][1])
     r_end = rss[-1][1]
-    res.update(rss_start_mb=r_start, rss_warm_mb=r_warm, rss_end_mb=r_end, rss_growth_after_warmup=(r_end - r_warm) / r_warm)
+    res.update(rss_start_mb=r_start, rss_warm_mb=r_warm, rss_end_mb=r_end, rss_growth_after_warmup=(r_end - r_warm) / r_warm,
+               rss_mb_per_minute=[round(m, 1) for t, m in rss if int(t) % 60 == 0])
     res["messages"] = {}
     for kind in ("HEARTBEAT", "GPS_INPUT", "ODOMETRY", "SET_GPS_GLOBAL_ORIGIN", "STATUSTEXT"):
         n = sum(len(p.times.get(kind, [])) for p in peers)

@@ -200,6 +200,9 @@ def make_pairs_cmd(
     seed: int = typer.Option(0),
     bands: Optional[str] = BandsOpt,
     nodata: Optional[float] = NodataOpt,
+    drone_from: Optional[list[Path]] = typer.Option(None, "--drone-from", help="Co-registered images of the same "
+                                                    "area from other dates: drone views are rendered from these "
+                                                    "(cross-date pairs); repeat for several"),
 ) -> None:
     """Cut satellite tiles and render drone views of the same places, with a locations CSV."""
     from rich.progress import Progress
@@ -213,7 +216,7 @@ def make_pairs_cmd(
         raise SkylocError(f"--altitude {altitude!r}: give min,max in metres, e.g. 120,180") from None
     cfg = PairsConfig(classes=classes, views=views, test_fraction=test_fraction, altitude=(lo, hi),
                       yaw_range=yaw_range, pitch_max=pitch_max, hfov=hfov, seed=seed, bands=parse_bands(bands),
-                      nodata=nodata)
+                      nodata=nodata, drone_from=tuple(str(p) for p in drone_from or ()))
     with Progress(console=console) as p:
         task = p.add_task("places", total=classes)
         s = make_pairs(map_path, out_dir, cfg, progress=lambda n: p.advance(task, n))
@@ -225,7 +228,8 @@ def make_pairs_cmd(
 @app.command()
 def train(
     model: Optional[str] = typer.Option(None, "--model", help="Registered model name (skyloc models)"),
-    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (University-1652 / SUES-200 / folder)"),
+    data: Optional[list[Path]] = typer.Option(None, "--data", help="Dataset root (University-1652 / SUES-200 / "
+                                              "folder / make-pairs); repeat for several, kept apart and balanced"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML recipe (configs/)"),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (checkpoints, logs)"),
     epochs: Optional[int] = typer.Option(None, help="Override the recipe's epochs"),
@@ -242,7 +246,8 @@ def train(
     from skyloc.train.config import TrainConfig
     from skyloc.train.trainer import train as run_train
 
-    overrides = dict(model=model, data=str(data) if data else None, out=str(out) if out else None, epochs=epochs,
+    overrides = dict(model=model, data=[str(d) for d in data] if data else None, out=str(out) if out else None,
+                     epochs=epochs,
                      batch_size=batch_size, height=height, loss=loss, pretrained=pretrained, max_steps=max_steps,
                      backbone_weights=str(backbone_weights) if backbone_weights else None, workers=workers)
     if config:

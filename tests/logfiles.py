@@ -70,3 +70,37 @@ def write_dataflash(path: Path, t0: float, seconds: float, lat0: float, lon0: fl
             rec("CAM", tus, int(lat * 1e7), int(lon0 * 1e7), 380.0)
     Path(path).write_bytes(bytes(out))
     return path
+
+
+def _ulog_msg(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack("<HB", len(payload), kind[0]) + payload
+
+
+def write_ulog(path: Path, t0: float, seconds: float, lat0: float, lon0: float) -> Path:
+    """A PX4 ULog: header, formats, then vehicle_gps_position (UTC time), vehicle_global_position and
+    vehicle_attitude (a quaternion heading 90 deg) at 5 Hz, the vehicle flying north at 10 m/s, 80 m up."""
+    import math
+
+    out = bytearray(b"ULog\x01\x12\x35" + bytes([1]) + struct.pack("<Q", 0))
+    out += _ulog_msg(b"B", bytes(8) + bytes(8) + struct.pack("<3Q", 0, 0, 0))
+    formats = {
+        "vehicle_gps_position": ("uint64_t timestamp;uint64_t time_utc_usec;", "<QQ"),
+        "vehicle_global_position": ("uint64_t timestamp;double lat;double lon;float alt;", "<Qddf"),
+        "vehicle_attitude": ("uint64_t timestamp;float[4] q;", "<Q4f"),
+        "home_position": ("uint64_t timestamp;float alt;", "<Qf"),
+    }
+    for name, (fields, _) in formats.items():
+        out += _ulog_msg(b"F", f"{name}:{fields}".encode())
+    for i, name in enumerate(formats):
+        out += _ulog_msg(b"A", struct.pack("<BH", 0, i) + name.encode())
+    boot0 = 5_000_000
+    out += _ulog_msg(b"D", struct.pack("<H", 3) + struct.pack("<Qf", boot0, 300.0))
+    q = (math.cos(math.pi / 4), 0.0, 0.0, math.sin(math.pi / 4))  # yaw 90 deg
+    for k in range(int(seconds * 5)):
+        boot = boot0 + k * 200_000
+        lat = lat0 + (10.0 * k * 0.2) / 111_320.0
+        out += _ulog_msg(b"D", struct.pack("<H", 0) + struct.pack("<QQ", boot, int((t0 + k * 0.2) * 1e6)))
+        out += _ulog_msg(b"D", struct.pack("<H", 1) + struct.pack("<Qddf", boot, lat, lon0, 380.0))
+        out += _ulog_msg(b"D", struct.pack("<H", 2) + struct.pack("<Q4f", boot, *q))
+    Path(path).write_bytes(bytes(out))
+    return path

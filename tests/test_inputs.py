@@ -8,7 +8,7 @@ from affine import Affine
 
 from skyloc.errors import SkylocError
 from skyloc.runtime.geo import GeoMap, parse_bands
-from tests.logfiles import write_dataflash, write_tlog
+from tests.logfiles import write_dataflash, write_tlog, write_ulog
 
 T0 = 1714558530.0  # 2024-05-01 10:15:30 UTC
 
@@ -129,6 +129,10 @@ def test_telemetry_logs_tlog_and_dataflash(tmp_path):
     assert bl.absolute and s.alt == pytest.approx(80.0) and s.yaw == pytest.approx(90.0) and s.roll == pytest.approx(1.5)
     assert s.lat == pytest.approx(47.0 + 100.0 / 111_320, abs=2e-6)  # UTC from the GPS week and time of week
     assert len(bl.triggers) == 5 and bl.triggers[0] == pytest.approx(T0, abs=0.01)
+    ul = load_telemetry(write_ulog(tmp_path / "f.ulg", T0, 20, 47.0, 8.0))
+    s = ul.at(T0 + 10.0)
+    assert ul.absolute and s.alt == pytest.approx(80.0) and s.yaw == pytest.approx(90.0, abs=1e-3)
+    assert s.lat == pytest.approx(47.0 + 100.0 / 111_320, abs=2e-6)  # UTC from vehicle_gps_position
 
 
 def test_bad_logs_and_photos_get_one_line_errors(tmp_path, scene):

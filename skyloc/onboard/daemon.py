@@ -198,7 +198,22 @@ class JsonLogFormatter(logging.Formatter):
                            "logger": record.name, "message": record.getMessage()})
 
 
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Fewer glibc malloc arenas before the threads start: the capture, inference and MAVLink
+    threads each got an arena of their own, ~60 MB more resident memory in the soak (same as
+    MALLOC_ARENA_MAX=2). A no-op where the C library is not glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(-8, arenas))  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False
+
+
 def run_daemon(config_path: str | Path) -> int:
+    limit_malloc_arenas()
     cfg = DaemonConfig.load(config_path)
     logger = logging.getLogger("skyloc")
     logger.setLevel(cfg.log.level.upper())

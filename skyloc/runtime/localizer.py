@@ -175,20 +175,7 @@ class Localizer:
 
         # 1. odometry ------------------------------------------------------------------------
         t1 = time.perf_counter()
-        yaw_from_vision = not math.isfinite(pose.yaw) and self.last_yaw is not None and t - self.last_yaw[0] < 10.0
-        if yaw_from_vision:  # no heading from telemetry: the last one, turned by what the camera sees
-            pose = replace(pose, yaw=self.last_yaw[1])
-        step = self.odometry.step(frame, t, pose, intr, trust_yaw=not yaw_from_vision) \
-            if math.isfinite(pose.altitude) and math.isfinite(pose.yaw) else None
-        if step is not None and step.ok and step.yaw_correction_deg:
-            if not yaw_from_vision:
-                notes.append(f"telemetry yaw off by {step.yaw_correction_deg:+.0f} deg: using the visual heading")
-            pose = replace(pose, yaw=(pose.yaw + step.yaw_correction_deg) % 360)
-        if yaw_from_vision:
-            notes.append("no yaw from telemetry: heading carried by odometry" if step is not None and step.ok
-                         else "no yaw from telemetry")
-        if math.isfinite(pose.yaw) and (step is None or step.ok or not yaw_from_vision):
-            self.last_yaw = (t, pose.yaw)
+        step, pose = self._odometry(frame, t, pose, intr, notes)
         lat_ms["odometry"] = (time.perf_counter() - t1) * 1e3
 
         # 2. prediction ----------------------------------------------------------------------
@@ -214,6 +201,26 @@ class Localizer:
         lat_ms["total"] = (time.perf_counter() - t0) * 1e3
         est.latency_ms = {k: round(v, 2) for k, v in lat_ms.items()}
         return est
+
+    def _odometry(self, frame, t: float, pose: Pose, intr: Intrinsics, notes: list[str]):
+        """Odometry: the motion since the last frame, and the heading this frame really has (the
+        visual turn replaces a telemetry yaw that jumped, or stands in when there is none)."""
+        from_vision = not math.isfinite(pose.yaw) and self.last_yaw is not None and t - self.last_yaw[0] < 10.0
+        if from_vision:
+            pose = replace(pose, yaw=self.last_yaw[1])
+        step = None
+        if math.isfinite(pose.altitude) and math.isfinite(pose.yaw):
+            step = self.odometry.step(frame, t, pose, intr, trust_yaw=not from_vision)
+        if step is not None and step.ok and step.yaw_correction_deg:
+            if not from_vision:
+                notes.append(f"telemetry yaw off by {step.yaw_correction_deg:+.0f} deg: using the visual heading")
+            pose = replace(pose, yaw=(pose.yaw + step.yaw_correction_deg) % 360)
+        if from_vision:
+            notes.append("no yaw from telemetry: heading carried by odometry" if step is not None and step.ok
+                         else "no yaw from telemetry")
+        if math.isfinite(pose.yaw) and (step is None or step.ok or not from_vision):
+            self.last_yaw = (t, pose.yaw)
+        return step, pose
 
     def predict(self, t: float, why: str) -> Estimate:
         """The track carried to time t without a frame (the camera dropped out): dead reckoning
@@ -266,6 +273,8 @@ class Localizer:
         return max(self.cfg.min_search_radius_m, 3.0 * sigma + self.cfg.search_margin_m)
 
     def _register(self, frame, intr: Intrinsics, pose: Pose, radius: float) -> Registration:
+        if not math.isfinite(pose.yaw):
+            return Registration(False, reason="no yaw to turn the frame north-up")
         at = pose.moved_to(float(self.filter.x[0]), float(self.filter.x[1]))
         if math.isfinite(pose.altitude):
             return self.registration.register(frame, intr, at, radius)
@@ -310,8 +319,8 @@ class Localizer:
 
     def _relocalize(self, t, frame, intr, pose, est: Estimate, notes: list[str], window=None) -> None:
         self.next_relocalization = t + self.cfg.relocalization_interval_s
-        if not math.isfinite(pose.altitude):
-            notes.append("relocalization needs the altitude")
+        if not (math.isfinite(pose.altitude) and math.isfinite(pose.yaw)):
+            notes.append("relocalization needs the altitude and the yaw")
             return
         r = self.relocalizer.relocalize(frame, intr, pose, window)
         if r.matches.indices.size:

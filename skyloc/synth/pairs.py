@@ -34,11 +34,28 @@ class PairsConfig:
     min_valid: float = 0.9  # a place (its satellite tile) or a drone view with less valid map is skipped
     bands: tuple[int, ...] | None = None  # map bands to use (one for grey, three for RGB)
     nodata: float | None = None  # a constant border value the map does not declare
+    drone_from: tuple[str, ...] = ()  # co-registered images of other dates: drone views come from these
 
 
 def _write(path: Path, rgb: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+
+
+def _drone_source(path: str | Path, gmap: GeoMap, cfg: PairsConfig):
+    """Another date of the same area, in the same CRS, as (image, valid mask, transform)."""
+    other = GeoMap(path, bands=cfg.bands, nodata=cfg.nodata)
+    if other.crs != gmap.crs:
+        raise SkylocError(f"{path} is in {other.crs.to_string()} but {gmap.path.name} is in {gmap.crs.to_string()}: "
+                          f"reproject it first (gdalwarp -t_srs {gmap.crs.to_string()})")
+    left, bottom, right, top = gmap.bounds
+    o_left, o_bottom, o_right, o_top = other.bounds
+    overlap = max(0.0, min(right, o_right) - max(left, o_left)) * max(0.0, min(top, o_top) - max(bottom, o_bottom))
+    if overlap < 0.5 * (right - left) * (top - bottom):
+        raise SkylocError(f"{path} covers less than half of {gmap.path.name}: --drone-from needs images of the same area")
+    img, valid = other.read_all_masked()
+    t = other.transform
+    return img, valid.astype(np.uint8) * 255, (t.a, 0.0, t.c, 0.0, t.e, t.f)
 
 
 def make_pairs(map_path: str | Path, out_dir: str | Path, cfg: PairsConfig = PairsConfig(), progress=None) -> dict:
@@ -47,6 +64,10 @@ def make_pairs(map_path: str | Path, out_dir: str | Path, cfg: PairsConfig = Pai
     image, valid = gmap.read_all_masked()
     valid8 = valid.astype(np.uint8) * 255
     transform = (gmap.transform.a, 0.0, gmap.transform.c, 0.0, gmap.transform.e, gmap.transform.f)
+    # drone views: rendered from the map itself, or from images of other dates (cross-date pairs)
+    sources = [(image, valid8, transform)]
+    if cfg.drone_from:
+        sources = [_drone_source(p, gmap, cfg) for p in cfg.drone_from]
     rng = np.random.default_rng(cfg.seed)
     mid_alt = float(np.mean(cfg.altitude))
     tile_m = cfg.tile_m or 2 * mid_alt * np.tan(np.radians(cfg.hfov) / 2)
@@ -85,10 +106,11 @@ def make_pairs(map_path: str | Path, out_dir: str | Path, cfg: PairsConfig = Pai
                 x=x + rng.normal(0, cfg.offset_m / 2), y=y + rng.normal(0, cfg.offset_m / 2),
                 altitude=rng.uniform(*cfg.altitude), yaw=rng.uniform(-cfg.yaw_range, cfg.yaw_range),
                 pitch=rng.uniform(0, cfg.pitch_max), hfov=cfg.hfov, width=cfg.drone_px, height=cfg.drone_px)
-            if render_view(valid8, transform, cam).mean() / 255 < cfg.min_valid:
+            src_img, src_valid, src_tr = sources[int(rng.integers(len(sources)))]
+            if render_view(src_valid, src_tr, cam).mean() / 255 < cfg.min_valid:
                 skipped_views += 1
                 continue
-            drones.append(photometric(render_view(image, transform, cam), rng))
+            drones.append(photometric(render_view(src_img, src_tr, cam), rng))
         if split == "train":
             _write(out / "train" / "satellite" / cls / f"{cls}.jpg", sat)
             for v, d in enumerate(drones):

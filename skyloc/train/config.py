@@ -13,7 +13,9 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = "mlr_convnext_tiny"
-    data: Optional[str] = None
+    data: Optional[list[str]] = Field(None, description="one or more dataset roots (your pairs, University-1652, "
+                                      "SUES-200, synthetic worlds); each root's classes are kept apart")
+    balance_sources: bool = Field(True, description="draw each root equally often, whatever its size")
     height: Optional[str] = Field(None, description="SUES-200 flight height (150/200/250/300)")
     out: str = "runs/train"
     epochs: int = Field(120, ge=1)
@@ -26,10 +28,11 @@ class TrainConfig(BaseModel):
     milestones: list[int] = [70, 110]
     gamma: float = 0.1
     loss: Literal["triplet", "infonce"] = "triplet"
-    color_jitter: float = Field(0.0, ge=0, le=1, description="share of images given hue/saturation/channel "
-                                "shifts (cross-season training); slows short runs down")
+    appearance: float = Field(0.0, ge=0, le=2, description="strength of the appearance randomisation (sensor, "
+                              "exposure, haze, shadows, blur, noise/JPEG, season): 0 off, 1 as tuned for cross-date")
     colour: Literal["auto", "rgb", "grey"] = Field("auto", description="auto: grey when the satellite images are "
                                                    "grey (a panchromatic map); the model records it")
+    clip_grad: Optional[float] = Field(None, gt=0, description="clip the gradient norm (None: off)")
     margin: float = 0.3
     temperature: float = 0.07
     ce_weight: float = 1.0
@@ -42,6 +45,13 @@ class TrainConfig(BaseModel):
     max_steps: Optional[int] = Field(None, description="stop each epoch after this many steps (smoke tests)")
     log_every: int = 10
     device: str = "auto"
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _roots(cls, v):
+        if v is None or isinstance(v, list):
+            return v
+        return [str(v)]
 
     @field_validator("model")
     @classmethod

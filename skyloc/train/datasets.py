@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 
 from skyloc.errors import SkylocError
 from skyloc.runtime.preprocess import IMAGE_EXT, DataConfig, is_grey, load_image
+from skyloc.train.appearance import randomise_appearance
 from skyloc.train.predict import to_tensor
 
 SUES_HEIGHTS = ("150", "200", "250", "300")
@@ -80,6 +81,37 @@ def detect_layout(root: str | Path, height: str | None = None) -> Layout:
                       "Training/<height>/ (SUES-200) or drone/ + satellite/ (folder)")
 
 
+def training_views(roots: list[str | Path], height: str | None = None) -> tuple[ViewSet, ViewSet]:
+    """Drone and satellite views of several dataset roots in one set. With several roots, classes
+    are renamed `<root index>/<class>` so that class 0001 of one map never meets class 0001 of
+    another (and a sampler can tell the roots apart)."""
+    drone_items, sat_items = [], []
+    for i, root in enumerate(roots):
+        layout = detect_layout(root, height)
+        d = read_view(layout.train_drone, f"training drone views of {root}")
+        s = read_view(layout.train_satellite, f"training satellite views of {root}")
+        tag = (lambda c, i=i: f"{i}/{c}") if len(roots) > 1 else (lambda c: c)
+        drone_items += [(p, tag(c)) for p, c in d.items]
+        sat_items += [(p, tag(c)) for p, c in s.items]
+    drone = ViewSet(Path(str(roots[0])), drone_items)
+    sat = ViewSet(Path(str(roots[0])), sat_items)
+    return drone, sat
+
+
+def source_of(cls: str) -> str:
+    """The dataset root a class came from (see training_views)."""
+    return cls.split("/", 1)[0] if "/" in cls else "0"
+
+
+def source_balanced_weights(dataset: "PairDataset") -> torch.Tensor:
+    """One weight per item so that every root is drawn equally often, whatever its size."""
+    counts: dict[str, int] = {}
+    for c in dataset.classes:
+        counts[source_of(c)] = counts.get(source_of(c), 0) + 1
+    per_class = torch.tensor([1.0 / counts[source_of(c)] for c in dataset.classes])
+    return per_class.repeat(dataset.k_sat)
+
+
 def detect_colour(satellite: ViewSet, samples: int = 24) -> str:
     """"grey" when the satellite views are grey (a panchromatic or single-band map), else "rgb"."""
     files = [p for p, _ in satellite.items]
@@ -88,9 +120,9 @@ def detect_colour(satellite: ViewSet, samples: int = 24) -> str:
 
 
 def augment(img: np.ndarray, rng: random.Random, size: int, rotate: float = 0.0, erase: float = 0.0,
-            color: float = 0.0) -> np.ndarray:
-    """Pad-and-crop, flip, small rotation, colour jitter (hue, saturation, per-channel gain, brightness,
-    contrast) and random erasing (numpy/OpenCV)."""
+            appearance: float = 0.0) -> np.ndarray:
+    """Pad-and-crop, flip, small rotation, appearance randomisation (skyloc.train.appearance),
+    brightness/contrast and random erasing (numpy/OpenCV)."""
     img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
     pad = size // 16
     img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REFLECT)
@@ -101,13 +133,8 @@ def augment(img: np.ndarray, rng: random.Random, size: int, rotate: float = 0.0,
     if rotate:
         m = cv2.getRotationMatrix2D((size / 2, size / 2), rng.uniform(-rotate, rotate), 1.0)
         img = cv2.warpAffine(np.ascontiguousarray(img), m, (size, size), borderMode=cv2.BORDER_REFLECT)
+    img = randomise_appearance(np.ascontiguousarray(img), rng, appearance)
     f = img.astype(np.float32)
-    if color and rng.random() < color:  # hue/saturation/channel shifts: seasons change colours, not layout
-        hsv = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2HSV).astype(np.int16)
-        hsv[..., 0] = (hsv[..., 0] + rng.randint(-12, 12)) % 180
-        hsv[..., 1] = np.clip(hsv[..., 1] * rng.uniform(0.6, 1.3), 0, 255)
-        f = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
-        f *= np.asarray([rng.uniform(0.85, 1.15) for _ in range(3)], np.float32)
     f = f * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20)
     f = (f - f.mean()) * rng.uniform(0.8, 1.2) + f.mean()
     img = np.clip(f, 0, 255).astype(np.uint8)
@@ -126,14 +153,14 @@ class PairDataset(Dataset):
     """
 
     def __init__(self, drone: ViewSet, satellite: ViewSet, cfg: DataConfig, k_sat: int = 1, seed: int = 0,
-                 color_jitter: float = 0.0):
+                 appearance: float = 0.0):
         d, s = drone.by_class(), satellite.by_class()
         self.classes = sorted(set(d) & set(s))
         if not self.classes:
             raise SkylocError(f"no class appears in both {drone.root} and {satellite.root}")
         self.class_index = {c: i for i, c in enumerate(self.classes)}
         self.drone, self.satellite = d, s
-        self.cfg, self.k_sat, self.seed, self.color_jitter = cfg, k_sat, seed, color_jitter
+        self.cfg, self.k_sat, self.seed, self.appearance = cfg, k_sat, seed, appearance
         self.epoch = 0
 
     @property
@@ -147,6 +174,6 @@ class PairDataset(Dataset):
         cls = self.classes[i % len(self.classes)]
         rng = random.Random(hash((self.seed, self.epoch, i)))
         size = self.cfg.height
-        sat = augment(load_image(rng.choice(self.satellite[cls])), rng, size, rotate=10.0, color=self.color_jitter)
-        drone = augment(load_image(rng.choice(self.drone[cls])), rng, size, erase=0.3, color=self.color_jitter)
+        sat = augment(load_image(rng.choice(self.satellite[cls])), rng, size, rotate=10.0, appearance=self.appearance)
+        drone = augment(load_image(rng.choice(self.drone[cls])), rng, size, erase=0.3, appearance=self.appearance)
         return to_tensor(sat, self.cfg), to_tensor(drone, self.cfg), torch.tensor(self.class_index[cls])

@@ -15,13 +15,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
 from skyloc.errors import SkylocError
 from skyloc.models import create_model
 from skyloc.models.checkpoint import read_checkpoint, save_checkpoint
 from skyloc.train.config import TrainConfig
-from skyloc.train.datasets import PairDataset, detect_colour, detect_layout, read_view
+from skyloc.train.datasets import PairDataset, detect_colour, source_balanced_weights, training_views
 from skyloc.train.losses import branch_cross_entropy, cross_view_triplet, info_nce
 
 log = logging.getLogger("skyloc.train")
@@ -50,9 +50,7 @@ def train(cfg: TrainConfig, resume: bool = True, console=None) -> dict:
     torch.manual_seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
-    layout = detect_layout(cfg.data, cfg.height)
-    drone = read_view(layout.train_drone, "training drone views")
-    sat = read_view(layout.train_satellite, "training satellite views")
+    drone, sat = training_views(cfg.data, cfg.height)
     out = Path(cfg.out)
     ckpt_path = out / "last.pt"
     state = read_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
@@ -62,7 +60,7 @@ def train(cfg: TrainConfig, resume: bool = True, console=None) -> dict:
     probe = create_model(cfg.model, num_classes=2)
     colour = cfg.colour if cfg.colour != "auto" else detect_colour(sat)
     data_config = replace(probe.data_config, colour=colour)
-    dataset = PairDataset(drone, sat, data_config, k_sat=cfg.k_sat, seed=cfg.seed, color_jitter=cfg.color_jitter)
+    dataset = PairDataset(drone, sat, data_config, k_sat=cfg.k_sat, seed=cfg.seed, appearance=cfg.appearance)
     model = create_model(cfg.model, num_classes=dataset.num_classes, pretrained=cfg.pretrained,
                          backbone_weights=cfg.backbone_weights).to(device)
     model.data_config = data_config
@@ -84,13 +82,20 @@ def train(cfg: TrainConfig, resume: bool = True, console=None) -> dict:
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
     sampler = DistributedSampler(dataset, world, rank, shuffle=True, seed=cfg.seed, drop_last=True) if world > 1 else None
+    if sampler is None and cfg.balance_sources and len(cfg.data) > 1:  # every root equally often
+        sampler = WeightedRandomSampler(source_balanced_weights(dataset), len(dataset), replacement=True,
+                                        generator=torch.Generator().manual_seed(cfg.seed))
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
                         num_workers=cfg.workers, drop_last=True, persistent_workers=cfg.workers > 0)
     if len(loader) == 0:
         raise SkylocError(f"{dataset.num_classes} classes x k_sat {cfg.k_sat} is smaller than one batch of "
                           f"{cfg.batch_size}: lower batch_size")
     use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    # bf16 where the GPU has it: fp32's range, so no overflow (fp16 overflowed into NaN batch-norm
+    # statistics in the paper-sized model); fp16 with a gradient scaler on older GPUs
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    bad_steps = 0
     out.mkdir(parents=True, exist_ok=True)
     writer = _tensorboard(out) if rank == 0 else None
     csv_path = out / "log.csv"
@@ -109,16 +114,16 @@ def train(cfg: TrainConfig, resume: bool = True, console=None) -> dict:
         task = progress.add_task("train", total=steps_per_epoch, epoch=start_epoch, loss=math.nan)
         for epoch in range(start_epoch, cfg.epochs):
             dataset.epoch = epoch
-            if sampler is not None:
+            if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(epoch)
             net.train()
             progress.reset(task, total=steps_per_epoch, epoch=f"{epoch + 1}/{cfg.epochs}", loss=math.nan)
-            sums = np.zeros(4)
+            sums, good = np.zeros(4), 0
             for step, (sat_x, drone_x, labels) in enumerate(loader):
                 if step >= steps_per_epoch:
                     break
                 sat_x, drone_x, labels = sat_x.to(device), drone_x.to(device), labels.to(device)
-                with torch.autocast(device.type, enabled=use_amp):
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                     out_all = net(torch.cat([sat_x, drone_x]))
                     n = len(labels)
                     both = torch.cat([labels, labels])
@@ -127,19 +132,29 @@ def train(cfg: TrainConfig, resume: bool = True, console=None) -> dict:
                     metric = metric / len(out_all.features)
                     loss = cfg.ce_weight * ce + cfg.metric_weight * metric
                 opt.zero_grad(set_to_none=True)
+                if not torch.isfinite(loss):
+                    bad_steps += 1
+                    if bad_steps > 20:
+                        raise SkylocError(f"training diverged (a non-finite loss in {bad_steps} steps by epoch "
+                                          f"{epoch + 1}): lower lr/backbone_lr in {cfg.out}'s recipe")
+                    continue
                 scaler.scale(loss).backward()
+                if cfg.clip_grad:
+                    scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 scaler.step(opt)
                 scaler.update()
                 acc = sum((l.argmax(1) == both).float().mean() for l in out_all.logits) / len(out_all.logits)
                 sums += [loss.item(), ce.item(), metric.item(), acc.item()]
-                progress.update(task, advance=1, loss=sums[0] / (step + 1))
+                good += 1
+                progress.update(task, advance=1, loss=sums[0] / good)
                 if writer and step % cfg.log_every == 0:
                     gstep = epoch * steps_per_epoch + step
                     writer.add_scalar("loss/total", loss.item(), gstep)
                     writer.add_scalar("loss/ce", ce.item(), gstep)
                     writer.add_scalar("loss/metric", metric.item(), gstep)
             sched.step()
-            means = sums / steps_per_epoch
+            means = sums / max(1, good)
             history.append(float(means[0]))
             if rank == 0:
                 csv_writer.writerow([epoch + 1, steps_per_epoch, *(f"{v:.5f}" for v in means),
