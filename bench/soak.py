@@ -264,7 +264,7 @@ def report(out, t0, duration, warmup_s, rss, windows, peers, files, tel, loop, f
     ok = [r for r in rows if r["status"] == "ok"]
     errs, within = [], []
     for r in ok:
-        s = tel.at(loop.lap_time(float(r["wall_time"])))
+        s = tel.at(loop.lap_time(float(r["frame_time"])))  # the truth when the frame was shown
         ex, ey = geo.from_latlon(float(r["lat"]), float(r["lon"]))
         tx, ty = geo.from_latlon(s.lat, s.lon)
         errs.append(math.hypot(ex - tx, ey - ty))

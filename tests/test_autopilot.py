@@ -92,3 +92,16 @@ def test_odometry_as_ardupilot_wants_it_origin_first_and_a_reset_when_the_track_
     ox, oy = g.from_latlon(peer.origin[0], peer.origin[1])
     tx, ty = g.from_latlon(truth.lat, truth.lon)
     assert math.hypot(last.x - (ty - oy), last.y - (tx - ox)) < 8.0
+
+
+def test_a_frame_gets_the_attitude_of_its_own_time():
+    from skyloc.onboard.mavlink import Telemetry
+
+    tel = Telemetry()
+    assert tel.at(5.0) == (None, None, None, None)  # nothing yet
+    for t, yaw in ((0.0, 350.0), (0.1, 10.0), (0.2, 30.0)):
+        tel.history.append((t, yaw, 2.0 * t, -t, 100.0 + t))
+    yaw, roll, pitch, alt = tel.at(0.05)
+    assert yaw == pytest.approx(0.0) and roll == pytest.approx(0.1) and alt == pytest.approx(100.05)  # wraps at 360
+    assert tel.at(0.15)[0] == pytest.approx(20.0)
+    assert tel.at(-1.0)[0] == 350.0 and tel.at(9.0)[0] == 30.0  # outside: the nearest sample

@@ -68,7 +68,7 @@ class Daemon:
             path = self.log_dir / f"frames-{time.strftime('%Y%m%d-%H%M%S')}.csv"
             self._csv_file = open(path, "w", newline="")
             self._csv = csv.writer(self._csv_file)
-            self._csv.writerow(["wall_time", "frame", "status", "lat", "lon", "accuracy_m", "confidence", "source",
+            self._csv.writerow(["wall_time", "frame_time", "frame", "status", "lat", "lon", "accuracy_m", "confidence", "source",
                                 "yaw", "alt", "latency_ms", "message"])
 
     def install_signal_handlers(self) -> None:
@@ -118,20 +118,21 @@ class Daemon:
                     continue
                 self.frames += 1
                 now = time.time()
+                shot = frame.arrival or now  # the time the frame shows (it may have waited in the queue)
                 tel = self.link.telemetry if self.link else None
                 if tel is not None and now - tel.updated > self.telemetry_timeout_s:
                     tel = None  # the autopilot stopped streaming: stale attitude is no attitude
-                yaw = roll = pitch = None
-                if tel is not None and tel.yaw_deg is not None:
-                    yaw = (tel.yaw_deg + self.cfg.camera.mount_yaw_deg) % 360
-                    roll, pitch = tel.roll_deg, tel.pitch_deg
-                alt = tel.altitude_agl if tel is not None else None
+                yaw = roll = pitch = alt = None
+                if tel is not None:
+                    yaw, roll, pitch, alt = tel.at(shot)
+                    if yaw is not None:
+                        yaw = (yaw + self.cfg.camera.mount_yaw_deg) % 360
                 self._gnss_prior(now)
                 if frame.image is None:
-                    est = self.localizer.predict(now, "corrupt frame")
+                    est = self.localizer.predict(shot, "corrupt frame")
                 else:
                     try:
-                        est = self.localizer.locate(frame.image, now, yaw, alt, roll_deg=roll, vehicle_pitch_deg=pitch)
+                        est = self.localizer.locate(frame.image, shot, yaw, alt, roll_deg=roll, vehicle_pitch_deg=pitch)
                     except Exception as exc:  # one bad frame must not stop the daemon
                         self.errors += 1
                         log.error("frame %d failed: %s", frame.index, exc)
@@ -176,7 +177,7 @@ class Daemon:
             log.info("status %s%s", est.status, f" ({est.message})" if est.message else "")
         self.last = est
         if self._csv_file:
-            self._csv.writerow([f"{time.time():.3f}", self.frames, est.status, f"{est.lat:.8f}", f"{est.lon:.8f}",
+            self._csv.writerow([f"{time.time():.3f}", f"{est.time:.3f}", self.frames, est.status, f"{est.lat:.8f}", f"{est.lon:.8f}",
                                 f"{est.horizontal_accuracy:.1f}", f"{est.confidence:.3f}", est.source,
                                 "" if yaw is None else f"{yaw:.1f}", "" if alt is None else f"{alt:.1f}",
                                 f"{est.latency_ms.get('total', math.nan):.1f}", est.message])

@@ -17,12 +17,14 @@ STATUSTEXT reports state changes. Only the sender thread writes to the link.
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import os
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from skyloc.errors import SkylocError
@@ -77,6 +79,29 @@ class Telemetry:
     ekf_origin: tuple[float, float, float] | None = None  # GPS_GLOBAL_ORIGIN: lat, lon, alt (m AMSL)
     autopilot_system: int = 1
     updated: float = 0.0
+    history: deque = field(default_factory=lambda: deque(maxlen=600))  # (time, yaw, roll, pitch, alt_agl)
+
+    def at(self, t: float) -> tuple[float | None, float | None, float | None, float | None]:
+        """(yaw, roll, pitch, altitude above home) at wall time t, interpolated between the samples
+        around it: a frame that waited in the queue gets the attitude it was taken with, not the
+        newest. Outside the history the nearest sample; None where nothing has arrived."""
+        h = list(self.history)
+        if not h:
+            return self.yaw_deg, self.roll_deg, self.pitch_deg, self.altitude_agl
+        i = bisect.bisect_left([s[0] for s in h], t)
+        if i == 0 or i == len(h):
+            return h[0 if i == 0 else -1][1:]
+        (t0, *a), (t1, *b) = h[i - 1], h[i]
+        w = 0.0 if t1 <= t0 else (t - t0) / (t1 - t0)
+        out = []
+        for k, (u, v) in enumerate(zip(a, b)):
+            if u is None or v is None:
+                out.append(v if u is None else u)
+            elif k == 0:  # yaw wraps at 360
+                out.append((u + w * ((v - u + 180.0) % 360.0 - 180.0)) % 360.0)
+            else:
+                out.append(u + w * (v - u))
+        return tuple(out)
 
 
 @dataclass
@@ -203,6 +228,7 @@ class MavlinkLink:
             t.yaw_deg = math.degrees(msg.yaw) % 360.0
             t.roll_deg, t.pitch_deg = math.degrees(msg.roll), math.degrees(msg.pitch)
             t.updated = now
+            t.history.append((now, t.yaw_deg, t.roll_deg, t.pitch_deg, t.altitude_agl))
         elif kind == "GLOBAL_POSITION_INT":
             t.altitude_agl = msg.relative_alt / 1000.0
             t.altitude_amsl = msg.alt / 1000.0

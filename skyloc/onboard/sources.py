@@ -33,6 +33,7 @@ class Frame:
     image: np.ndarray | None  # RGB uint8, or None for a frame that could not be decoded
     index: int
     timestamp: float  # seconds: media time for files, wall clock for live sources
+    arrival: float = 0.0  # wall clock when the capture thread got it: the time the frame shows
 
 
 class Source:
@@ -283,6 +284,7 @@ class LatestFrame:
             if not self.source.live:  # a file plays at its recorded pace, like a camera would
                 if self._stop.wait(max(0.0, start + f.timestamp - time.time())):
                     return
+            f.arrival = time.time()
             with self._lock:
                 if self._frame is not None:
                     self.dropped += 1
