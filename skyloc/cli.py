@@ -265,8 +265,9 @@ def train(
 @app.command()
 def evaluate(
     ckpt: Path = typer.Argument(..., help="Checkpoint"),
-    data: Path = typer.Option(..., "--data", help="Dataset root: University-1652 (test/), SUES-200 (Testing/<h>/) "
-                              "or a plain {drone,satellite}/<class>/ folder"),
+    data: list[Path] = typer.Option(..., "--data", help="Dataset root: University-1652 (test/), SUES-200 "
+                                    "(Testing/<h>/) or a plain {drone,satellite}/<class>/ folder; repeat to compare "
+                                    "test sets side by side (e.g. same-date and cross-date)"),
     height: Optional[str] = typer.Option(None, help="SUES-200 height; 'all' for every height"),
     robustness: bool = typer.Option(False, "--robustness", help="Rotation and shift sweeps"),
     figure: Optional[Path] = typer.Option(None, "--figure", help="Write a top-5 retrieval figure (PNG)"),
@@ -274,7 +275,8 @@ def evaluate(
     device: str = typer.Option("cpu", help="cpu | cuda"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (for scripts and CI)"),
 ) -> None:
-    """R@1/5/10, R@1%, AP for drone->satellite and satellite->drone, both protocols."""
+    """R@1/5/10, R@1%, AP for drone->satellite and satellite->drone, both protocols; with several
+    --data, a last table puts the test sets side by side (what a change of season or sensor costs)."""
     import json
 
     from rich import box
@@ -285,29 +287,47 @@ def evaluate(
 
     model, _ = load_model(ckpt)
     heights = list(SUES_HEIGHTS) if height == "all" else [height]
-    rows = [r for h in heights for r in run_eval(model, data, device, flip=not no_flip, height=h)]
-    rob = run_rob(model, data, device) if robustness else []
+    rows = [dict(r, data=str(d), height=h) for d in data for h in heights
+            for r in run_eval(model, d, device, flip=not no_flip, height=h)]
+    rob = [dict(r, data=str(d)) for d in data for r in run_rob(model, d, device)] if robustness else []
     if as_json:
-        print(json.dumps({"checkpoint": str(ckpt), "data": str(data), "results": rows, "robustness": rob}, indent=2))
+        print(json.dumps({"checkpoint": str(ckpt), "data": [str(d) for d in data], "results": rows,
+                          "robustness": rob}, indent=2))
         return
     short = {"drone->satellite": "drone->sat", "satellite->drone": "sat->drone",
              "full gallery": "full", "distractor-free": "no distr."}
-    for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        table = Table("task", "gallery", "R@1", "R@5", "R@10", "R@1%", "AP", "queries", title=f"{dataset} ({data.name})",
-                      box=box.SIMPLE_HEAD, caption="gallery: full = every gallery image; no distr. = only classes "
-                      "with queries (some later work)")
-        for r in (r for r in rows if r["dataset"] == dataset):
-            table.add_row(short.get(r["task"], r["task"]), short.get(r["protocol"], r["protocol"]),
-                          *(f"{r[k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@1%", "AP")),
-                          f"{r['queries']}/{r['gallery']}")
-        console.print(table)
+    for d in data:
+        mine = [r for r in rows if r["data"] == str(d)]
+        for dataset in dict.fromkeys(r["dataset"] for r in mine):
+            table = Table("task", "gallery", "R@1", "R@5", "R@10", "R@1%", "AP", "queries",
+                          title=f"{dataset} ({d.name})", box=box.SIMPLE_HEAD, caption="gallery: full = every "
+                          "gallery image; no distr. = only classes with queries (some later work)")
+            for r in (r for r in mine if r["dataset"] == dataset):
+                table.add_row(short.get(r["task"], r["task"]), short.get(r["protocol"], r["protocol"]),
+                              *(f"{r[k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@1%", "AP")),
+                              f"{r['queries']}/{r['gallery']}")
+            console.print(table)
+    if len(data) > 1:
+        t = Table("test set", "R@1", "R@5", "AP", "chance R@1", "R@1 vs first", title="drone->sat, full gallery",
+                  box=box.SIMPLE_HEAD)
+        first = None
+        for d in data:
+            for r in rows:
+                if r["data"] == str(d) and r["task"] == "drone->satellite" and r["protocol"] == "full gallery":
+                    first = r["R@1"] if first is None else first
+                    name = d.name + (f" {r['height']}" if r.get("height") else "")
+                    t.add_row(name, f"{r['R@1']:.2f}", f"{r['R@5']:.2f}", f"{r['AP']:.2f}",
+                              f"{100.0 / max(1, r['gallery']):.2f}", f"{r['R@1'] - first:+.2f}")
+        console.print(t)
     if rob:
-        t = Table("perturbation (drone queries)", "R@1", "AP", box=box.SIMPLE_HEAD)
+        t = Table("perturbation (drone queries)", "test set", "R@1", "AP", box=box.SIMPLE_HEAD)
         for r in rob:
-            t.add_row(r["perturbation"], f"{r['R@1']:.2f}", f"{r['AP']:.2f}")
+            t.add_row(r["perturbation"], Path(r["data"]).name, f"{r['R@1']:.2f}", f"{r['AP']:.2f}")
         console.print(t)
     if figure:
-        console.print(f"figure: {retrieval_figure(model, data, figure, device=device)}")
+        for i, d in enumerate(data):
+            path = figure if i == 0 else figure.with_name(f"{figure.stem}_{d.name}{figure.suffix}")
+            console.print(f"figure: {retrieval_figure(model, d, path, device=device)}")
 
 
 @app.command("build-cache")

@@ -1,6 +1,7 @@
 """Retrieval that transfers: several training roots, cross-date pairs, appearance randomisation,
 evaluation as users run it."""
 import json
+import os
 import random
 import subprocess
 import sys
@@ -115,3 +116,21 @@ def test_evaluate_a_plain_folder_with_json_and_an_80_column_table(tmp_path, trai
     assert all(len(line) <= 80 for line in lines), max(lines, key=len)
     assert any("drone->sat" in line and "full" in line for line in lines)  # labels whole, not cut to "drone…"
     assert "…" not in r.stdout
+
+
+def test_evaluate_puts_test_sets_side_by_side(tmp_path, trained, heldout_pairs):
+    """Same-date and cross-date (here: a set and its copy) in one command, the last table comparing them."""
+    import shutil
+
+    again = shutil.copytree(heldout_pairs, tmp_path / "again")
+    cmd = [sys.executable, "-m", "skyloc.cli", "evaluate", trained["checkpoint"], "--data", str(heldout_pairs),
+           "--data", str(again)]
+    r = subprocess.run(cmd + ["--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-1500:]
+    out = json.loads(r.stdout)
+    assert {x["data"] for x in out["results"]} == {str(heldout_pairs), str(again)}
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr[-1500:]
+    side = r.stdout[r.stdout.index("drone->sat, full gallery"):]
+    assert side.count(heldout_pairs.name) == 1 and side.count("again") == 1
+    assert side.count("+0.00") == 2  # the same images twice: no difference
