@@ -301,6 +301,7 @@ def plot_replay(res: ReplayResult, out: Path, localizer: Localizer) -> dict:
 
     fig, (a1, a2) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     t = np.array([r.est.time for r in res.rows])
+    t = t - t[0] if t.size else t  # seconds from the first frame (live replays stamp wall-clock times)
     err = np.array([r.error_m for r in res.rows])
     acc = np.array([r.est.horizontal_accuracy for r in res.rows])
     status = np.array([r.est.status for r in res.rows])
@@ -323,7 +324,7 @@ def plot_replay(res: ReplayResult, out: Path, localizer: Localizer) -> dict:
     a2.vlines(t[~odo], 0.0, 1.0, color="tab:red", lw=0.8, label="no odometry")
     a2.set_yticks([])
     a2.set_ylim(0, 2)
-    a2.set_xlabel("time (s)")
+    a2.set_xlabel("time from the first frame (s)")
     a2.legend(fontsize=7, loc="upper right", ncol=2)
     fig.tight_layout()
     files["error_plot"] = out / "errors.png"
