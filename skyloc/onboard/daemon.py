@@ -68,8 +68,8 @@ class Daemon:
             path = self.log_dir / f"frames-{time.strftime('%Y%m%d-%H%M%S')}.csv"
             self._csv_file = open(path, "w", newline="")
             self._csv = csv.writer(self._csv_file)
-            self._csv.writerow(["wall_time", "frame_time", "frame", "status", "lat", "lon", "accuracy_m", "confidence", "source",
-                                "yaw", "alt", "latency_ms", "message"])
+            self._csv.writerow(["wall_time", "frame_time", "frame", "status", "lat", "lon", "accuracy_m", "confidence",
+                                "source", "yaw", "alt", "latency_ms", "message"])
 
     def install_signal_handlers(self) -> None:
         def handler(signum, _frame):
@@ -177,8 +177,8 @@ class Daemon:
             log.info("status %s%s", est.status, f" ({est.message})" if est.message else "")
         self.last = est
         if self._csv_file:
-            self._csv.writerow([f"{time.time():.3f}", f"{est.time:.3f}", self.frames, est.status, f"{est.lat:.8f}", f"{est.lon:.8f}",
-                                f"{est.horizontal_accuracy:.1f}", f"{est.confidence:.3f}", est.source,
+            self._csv.writerow([f"{time.time():.3f}", f"{est.time:.3f}", self.frames, est.status, f"{est.lat:.8f}",
+                                f"{est.lon:.8f}", f"{est.horizontal_accuracy:.1f}", f"{est.confidence:.3f}", est.source,
                                 "" if yaw is None else f"{yaw:.1f}", "" if alt is None else f"{alt:.1f}",
                                 f"{est.latency_ms.get('total', math.nan):.1f}", est.message])
             self._csv_file.flush()
