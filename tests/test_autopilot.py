@@ -71,7 +71,6 @@ def test_odometry_as_ardupilot_wants_it_origin_first_and_a_reset_when_the_track_
         assert all(math.isfinite(v) for v in (m.x, m.y, m.z, m.vx, m.vy, m.vz))
         assert np.linalg.norm(m.q) == pytest.approx(1.0, abs=1e-4)
         assert 0 < m.pose_covariance[0] < 1e3 and m.pose_covariance[11] <= 10.0  # z no longer drowns x and y
-        assert 1 <= m.quality <= 100
     # ArduPilot's single position error from that covariance stays close to the horizontal accuracy
     pos_err = [math.cbrt(m.pose_covariance[0] ** 2 + m.pose_covariance[6] ** 2 + m.pose_covariance[11] ** 2) for m in odo]
     assert max(pos_err) < 30.0
@@ -81,6 +80,10 @@ def test_odometry_as_ardupilot_wants_it_origin_first_and_a_reset_when_the_track_
     assert (gaps <= 0.25).mean() > 0.9 and len(odo) / (t[-1] - t[0]) >= 4.0
     resets = [m.reset_counter for m in odo]
     assert resets == sorted(resets) and resets[-1] > resets[0], resets  # bumped by the restarted track
+    # quality tells the EKF what the fix is worth: the restarted track starts below 50 (not yet
+    # confirmed by registrations, VISO_QUAL_MIN can reject it) and rises to >= 50 once it is ok
+    restarted = [m.quality for m in odo if m.reset_counter > resets[0]]
+    assert restarted[0] < 50 and max(restarted) >= 50, restarted
     rep = res.report
     assert rep["track_starts"] >= 2 and rep["ok"] > 0
     # the last ODOMETRY is where the drone is (north/east of the origin)
