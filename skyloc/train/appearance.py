@@ -13,10 +13,11 @@ import random
 import cv2
 import numpy as np
 
+from skyloc.runtime.preprocess import to_grey
+
 
 def _grey(img: np.ndarray, rng: random.Random) -> np.ndarray:
-    g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
-    return cv2.cvtColor(g, cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(to_grey(img), cv2.COLOR_GRAY2RGB)  # the runtime's conversion: grey maps look the same
 
 
 def _sensor(img: np.ndarray, rng: random.Random) -> np.ndarray:
