@@ -29,8 +29,8 @@ class TrainConfig(BaseModel):
     gamma: float = 0.1
     loss: Literal["triplet", "infonce"] = "triplet"
     appearance: float = Field(0.0, ge=0, le=2, description="strength of the appearance randomisation (sensor, "
-                              "exposure, haze, shadows, blur, noise/JPEG, season): 0 off, 1 full strength (no gain measured on NAIP "
-                              "across dates; for gaps your data lacks)")
+                              "exposure, haze, shadows, blur, noise/JPEG, season): 0 off, 1 full strength "
+                              "(no gain measured on NAIP across dates; for gaps your data lacks)")
     colour: Literal["auto", "rgb", "grey"] = Field("auto", description="auto: grey when the satellite images are "
                                                    "grey (a panchromatic map); the model records it")
     clip_grad: Optional[float] = Field(None, gt=0, description="clip the gradient norm (None: off)")
