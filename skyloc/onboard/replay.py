@@ -275,7 +275,7 @@ def plot_replay(res: ReplayResult, out: Path, localizer: Localizer) -> dict:
     truth = np.array([geod.from_latlon(r.truth_lat, r.truth_lon) for r in res.rows if math.isfinite(r.truth_lat)])
     allxy = np.array([p for p, _ in pts] + list(truth)) if pts or truth.size else np.zeros((0, 2))
     if localizer.map is not None and allxy.size:
-        pad = 200.0
+        pad = max(20.0, 0.15 * float(np.ptp(allxy, axis=0).max()))  # a margin in scale with the flight
         x0, y0 = allxy.min(0) - pad
         x1, y1 = allxy.max(0) + pad
         side = max(x1 - x0, y1 - y0)
@@ -288,7 +288,7 @@ def plot_replay(res: ReplayResult, out: Path, localizer: Localizer) -> dict:
     for status, c in colours.items():
         xy = np.array([p for p, s in pts if s == status])
         if xy.size:
-            ax.scatter(xy[:, 0], xy[:, 1], s=6, c=c, label=status, linewidths=0, zorder=3)
+            ax.scatter(xy[:, 0], xy[:, 1], s=6 if len(pts) > 200 else 30, c=c, label=status, linewidths=0, zorder=3)
     ax.ticklabel_format(useOffset=False, style="plain")
     ax.set_title("skyloc replay: estimated track")
     ax.set_xlabel("east (m)")
