@@ -119,16 +119,24 @@ def detect_colour(satellite: ViewSet, samples: int = 24) -> str:
     return "grey" if all(is_grey(load_image(p)) for p in files[::step][:samples]) else "rgb"
 
 
+def turn_together(images: list[np.ndarray], rng: random.Random) -> list[np.ndarray]:
+    """The same 90-degree turn and mirror for every view of a pair: new layouts to learn from while
+    the views stay aligned with each other, as a derotated frame is with its north-up map tile."""
+    k, mirror = rng.randint(0, 3), rng.random() < 0.5
+    out = [np.rot90(img, k) for img in images]
+    return [np.ascontiguousarray(img[:, ::-1] if mirror else img) for img in out]
+
+
 def augment(img: np.ndarray, rng: random.Random, size: int, rotate: float = 0.0, erase: float = 0.0,
-            appearance: float = 0.0) -> np.ndarray:
-    """Pad-and-crop, flip, small rotation, appearance randomisation (skyloc.train.appearance),
-    brightness/contrast and random erasing (numpy/OpenCV)."""
+            appearance: float = 0.0, flip: bool = True) -> np.ndarray:
+    """Pad-and-crop, flip (unless the pair is turned together), small rotation, appearance
+    randomisation (skyloc.train.appearance), brightness/contrast and random erasing."""
     img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
     pad = size // 16
     img = cv2.copyMakeBorder(img, pad, pad, pad, pad, cv2.BORDER_REFLECT)
     x, y = rng.randint(0, 2 * pad), rng.randint(0, 2 * pad)
     img = img[y : y + size, x : x + size]
-    if rng.random() < 0.5:
+    if flip and rng.random() < 0.5:
         img = img[:, ::-1]
     if rotate:
         m = cv2.getRotationMatrix2D((size / 2, size / 2), rng.uniform(-rotate, rotate), 1.0)
@@ -150,18 +158,22 @@ class PairDataset(Dataset):
     """One item per (class, satellite augmentation): an augmented satellite tile, a random drone
     view of the same place, and the class index. `k_sat` repeats each class k times per epoch
     (MIFT's k satellite augmentations) to balance the one satellite image against many drone views.
+
+    `aligned`: the pair is turned and mirrored together (views of a map, north-up as the runtime
+    derotates frames); off, each view is flipped on its own (University-1652: views circle a building).
+    Each item draws its view and augmentation from torch's generator, which the DataLoader seeds per
+    worker from the run's seed: every epoch sees new views, reproducibly.
     """
 
-    def __init__(self, drone: ViewSet, satellite: ViewSet, cfg: DataConfig, k_sat: int = 1, seed: int = 0,
-                 appearance: float = 0.0):
+    def __init__(self, drone: ViewSet, satellite: ViewSet, cfg: DataConfig, k_sat: int = 1,
+                 appearance: float = 0.0, aligned: bool = False):
         d, s = drone.by_class(), satellite.by_class()
         self.classes = sorted(set(d) & set(s))
         if not self.classes:
             raise SkylocError(f"no class appears in both {drone.root} and {satellite.root}")
         self.class_index = {c: i for i, c in enumerate(self.classes)}
         self.drone, self.satellite = d, s
-        self.cfg, self.k_sat, self.seed, self.appearance = cfg, k_sat, seed, appearance
-        self.epoch = 0
+        self.cfg, self.k_sat, self.appearance, self.aligned = cfg, k_sat, appearance, aligned
 
     @property
     def num_classes(self) -> int:
@@ -172,8 +184,14 @@ class PairDataset(Dataset):
 
     def __getitem__(self, i: int):
         cls = self.classes[i % len(self.classes)]
-        rng = random.Random(hash((self.seed, self.epoch, i)))
+        # not seeded by (epoch, i): persistent workers never see the main process's epoch counter,
+        # so every epoch repeated the first one's views (2 of 8 views per place ever used)
+        rng = random.Random(int(torch.randint(2**62, ())))
         size = self.cfg.height
-        sat = augment(load_image(rng.choice(self.satellite[cls])), rng, size, rotate=10.0, appearance=self.appearance)
-        drone = augment(load_image(rng.choice(self.drone[cls])), rng, size, erase=0.3, appearance=self.appearance)
+        sat, drone = load_image(rng.choice(self.satellite[cls])), load_image(rng.choice(self.drone[cls]))
+        if self.aligned:
+            sat, drone = turn_together([sat, drone], rng)
+        sat = augment(sat, rng, size, rotate=5.0 if self.aligned else 10.0, appearance=self.appearance,
+                      flip=not self.aligned)
+        drone = augment(drone, rng, size, erase=0.3, appearance=self.appearance, flip=not self.aligned)
         return to_tensor(sat, self.cfg), to_tensor(drone, self.cfg), torch.tensor(self.class_index[cls])

@@ -60,7 +60,7 @@ def train(cfg: TrainConfig, resume: bool = True, console=None) -> dict:
     probe = create_model(cfg.model, num_classes=2)
     colour = cfg.colour if cfg.colour != "auto" else detect_colour(sat)
     data_config = replace(probe.data_config, colour=colour)
-    dataset = PairDataset(drone, sat, data_config, k_sat=cfg.k_sat, seed=cfg.seed, appearance=cfg.appearance)
+    dataset = PairDataset(drone, sat, data_config, k_sat=cfg.k_sat, appearance=cfg.appearance, aligned=cfg.aligned)
     model = create_model(cfg.model, num_classes=dataset.num_classes, pretrained=cfg.pretrained,
                          backbone_weights=cfg.backbone_weights).to(device)
     model.data_config = data_config
@@ -68,16 +68,10 @@ def train(cfg: TrainConfig, resume: bool = True, console=None) -> dict:
         log.info("grey satellite images: training a grey model (frames are turned grey at run time too)")
     groups = [{"params": model.backbone_parameters(), "lr": cfg.backbone_lr},
               {"params": model.head_parameters(), "lr": cfg.lr}]
-    opt = torch.optim.SGD(groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, cfg.milestones, cfg.gamma)
-    start_epoch = 0
-    if state is not None:
-        model.load_state_dict(state["state_dict"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start_epoch = int(state["epoch"]) + 1
-        if rank == 0:
-            log.info("resuming %s from epoch %d", ckpt_path, start_epoch)
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
@@ -105,6 +99,15 @@ def train(cfg: TrainConfig, resume: bool = True, console=None) -> dict:
     if csv_writer and new_csv:
         csv_writer.writerow(["epoch", "step", "loss", "ce", "metric", "accuracy", "lr", "seconds"])
     steps_per_epoch = min(len(loader), cfg.max_steps or len(loader))
+    sched = _schedule(cfg, opt, steps_per_epoch)
+    start_epoch = 0
+    if state is not None:
+        model.load_state_dict(state["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start_epoch = int(state["epoch"]) + 1
+        if rank == 0:
+            log.info("resuming %s from epoch %d", ckpt_path, start_epoch)
     history: list[float] = list(state.get("loss", [])) if state is not None else []  # mean loss per epoch
     progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(),
@@ -113,7 +116,6 @@ def train(cfg: TrainConfig, resume: bool = True, console=None) -> dict:
     with progress:
         task = progress.add_task("train", total=steps_per_epoch, epoch=start_epoch, loss=math.nan)
         for epoch in range(start_epoch, cfg.epochs):
-            dataset.epoch = epoch
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(epoch)
             net.train()
@@ -144,6 +146,8 @@ def train(cfg: TrainConfig, resume: bool = True, console=None) -> dict:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
                 scaler.step(opt)
                 scaler.update()
+                if cfg.schedule == "cosine":
+                    sched.step()
                 acc = sum((l.argmax(1) == both).float().mean() for l in out_all.logits) / len(out_all.logits)
                 sums += [loss.item(), ce.item(), metric.item(), acc.item()]
                 good += 1
@@ -153,7 +157,8 @@ def train(cfg: TrainConfig, resume: bool = True, console=None) -> dict:
                     writer.add_scalar("loss/total", loss.item(), gstep)
                     writer.add_scalar("loss/ce", ce.item(), gstep)
                     writer.add_scalar("loss/metric", metric.item(), gstep)
-            sched.step()
+            if cfg.schedule == "step":
+                sched.step()
             means = sums / max(1, good)
             history.append(float(means[0]))
             if rank == 0:
@@ -171,6 +176,20 @@ def train(cfg: TrainConfig, resume: bool = True, console=None) -> dict:
         dist.destroy_process_group()
     return {"checkpoint": str(ckpt_path), "loss": history, "classes": dataset.num_classes,
             "seconds": time.time() - t0, "world_size": world}
+
+
+def _schedule(cfg: TrainConfig, opt, steps_per_epoch: int):
+    """step: x gamma at each milestone epoch (stepped per epoch); cosine: linear warm-up then a
+    half cosine to zero over the whole run (stepped per optimizer step)."""
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, cfg.milestones, cfg.gamma)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = cfg.warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        ramp = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+        return ramp * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def _metric_loss(cfg: TrainConfig, f_drone, f_sat, labels):
