@@ -1,7 +1,7 @@
 """Retrieval that transfers: the old recipe against the new one, on imagery neither has seen.
 
     python bench/bench_retrieval.py [--out bench_out/retrieval] [--recipe configs/cpu_30min.yaml]
-                                    [--skip-naip] [--skip-synthetic] [--skip-flight]
+                                    [--skip-naip] [--ablation] [--skip-synthetic] [--skip-flight]
 
 1. NAIP (../shared/data/naip, 5 m/px, three dates; skipped when absent). Both recipes train on the
    west 60 % and are evaluated on the east 40 %: satellite tiles of 2015 against drone views
@@ -9,47 +9,78 @@
    before: configs/cpu_small.yaml on make-pairs of one image (west 2009), as the project did;
    after:  the recipe on cross-date pairs of two dates (2009 tiles with 2015 views and the
            reverse, `make-pairs --drone-from`).
+1b. (--ablation) What each change of the recipe bought: short runs of the recipe with one change
+   undone at a time, on section 1's pairs.
 2. Synthetic cross-season: train on summer maps, evaluate on an unseen map: summer tiles against
    autumn drone views (cross-season) and summer ones (same season). Neither recipe sees autumn:
    the new one runs with appearance randomisation on (appearance: 1.0), its only way to learn it.
 3. The hard synthetic flight (bench_tracking's) without --start: time to the first ok fix with a
    model of each recipe trained on make-pairs of its grey map.
-Every figure is printed next to its counterpart, from this one run.
+Every figure is printed next to its counterpart, from this one run. Runs are picked up where they
+stopped (or re-evaluated when finished) if --out already holds them; use a fresh --out to retrain.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 NAIP = ROOT.parent / "shared" / "data" / "naip"
 
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
 from skyloc.models.checkpoint import load_model  # noqa: E402
 from skyloc.runtime.geo import crop_geotiff  # noqa: E402
 from skyloc.synth.pairs import PairsConfig, make_pairs  # noqa: E402
 from skyloc.train.config import TrainConfig  # noqa: E402
-from skyloc.train.evaluate import evaluate  # noqa: E402
+from skyloc.train.evaluate import default_flip, evaluate  # noqa: E402
 from skyloc.train.trainer import train  # noqa: E402
 
 OLD = ROOT / "configs" / "cpu_small.yaml"
 
 
-def fit(recipe: Path, data: list[Path], out: Path, **over) -> tuple[Path, float]:
+def fit(recipe: Path, data: list[Path], out: Path, quiet: bool = False, **over) -> tuple[Path, float]:
+    """Train (or pick up a run of the same --out that stopped or finished: its log keeps the time)."""
     cfg = TrainConfig.from_yaml(recipe, data=[str(d) for d in data], out=str(out), **over)
-    t = time.time()
-    r = train(cfg, resume=False)
-    print(f"    {recipe.name} on {', '.join(d.name for d in data)}: {r['classes']} classes, {cfg.epochs} epochs, "
-          f"{(time.time() - t) / 60:.1f} min")
-    return Path(r["checkpoint"]), time.time() - t
+    r = train(cfg, resume=True)
+    with open(out / "log.csv") as f:
+        seconds = float(list(csv.DictReader(f))[-1]["seconds"])
+    if not quiet:
+            print(f"    {recipe.name} on {', '.join(d.name for d in data)}: {r['classes']} classes, {cfg.epochs} epochs, "
+              f"{seconds / 60:.1f} min")
+    return Path(r["checkpoint"]), seconds
 
 
 def scores(ckpt: Path, data: Path) -> dict:
-    model, _ = load_model(ckpt)
-    r = next(r for r in evaluate(model, data) if r["task"] == "drone->satellite" and r["protocol"] == "full gallery")
+    """Drone->satellite, full gallery, evaluated as `skyloc evaluate` does by default (flip averaging
+    except for models trained on aligned pairs, which meet frames as the runtime embeds them)."""
+    model, state = load_model(ckpt)
+    r = next(r for r in evaluate(model, data, flip=default_flip(state))
+             if r["task"] == "drone->satellite" and r["protocol"] == "full gallery")
     return {"R@1": r["R@1"], "AP": r["AP"], "chance": 100.0 / r["gallery"], "queries": r["queries"]}
+
+
+def thumbnail_scores(data: Path) -> dict:
+    """A training-free reference: each image's gradient magnitude at 8x8, correlated (R@1 only).
+    It keeps the coarse layout (shores, field edges) and drops colour, which is what changes between
+    dates; a learned descriptor should beat it."""
+    def describe(path: Path) -> np.ndarray:
+        g = cv2.resize(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE).astype(np.float32), (64, 64),
+                       interpolation=cv2.INTER_AREA)
+        d = cv2.resize(np.hypot(cv2.Sobel(g, cv2.CV_32F, 1, 0), cv2.Sobel(g, cv2.CV_32F, 0, 1)), (8, 8),
+                       interpolation=cv2.INTER_AREA).ravel()
+        d -= d.mean()
+        return d / (np.linalg.norm(d) + 1e-6)
+    test = data / "test"
+    names = sorted(p.name for p in (test / "gallery_satellite").iterdir())
+    gallery = np.stack([describe(next((test / "gallery_satellite" / n).iterdir())) for n in names])
+    queries = [(q, c.name) for c in sorted((test / "query_drone").iterdir()) for q in sorted(c.iterdir())]
+    hits = sum(names[int(np.argmax(gallery @ describe(q)))] == c for q, c in queries)
+    return {"R@1": 100.0 * hits / len(queries)}
 
 
 def table(title: str, rows: dict) -> None:
@@ -82,6 +113,36 @@ def naip(out: Path, recipe: Path, folder: Path = NAIP) -> None:
     table("drone->satellite, full gallery", {
         "cross-date: 2020 views / 2015 tiles": (scores(before, out / "test_2020"), scores(after, out / "test_2020")),
         "same date: 2015 views / 2015 tiles": (scores(before, out / "test_2015"), scores(after, out / "test_2015"))})
+    print(f"  reference without training (8x8 gradient thumbnails, correlation): cross-date R@1 "
+          f"{thumbnail_scores(out / 'test_2020')['R@1']:.1f} %, same date {thumbnail_scores(out / 'test_2015')['R@1']:.1f} %")
+
+
+ABLATION = {  # one change of the recipe undone at a time (what each change bought)
+    "the recipe": {},
+    "+ appearance randomisation": {"appearance": 1.0},
+    "without the layout branch": {"model": "mlr_convnext_atto"},
+    "pairs not turned together": {"aligned": False},
+    "SGD, step schedule, + classifier loss": {"optimizer": "sgd", "lr": 0.02, "backbone_lr": 0.01,
+                                              "weight_decay": 5e-4, "schedule": "step", "milestones": [6],
+                                              "ce_weight": 1.0},
+    "grey": {"colour": "grey"},
+}
+
+
+def ablation(out: Path, recipe: Path, epochs: int = 8) -> None:
+    """Short runs (the recipe's schedule squeezed into `epochs`) on section 1's pairs and test sets."""
+    print(f"\n== 1b. what each change bought: {epochs}-epoch runs, NAIP cross-date pairs ==")
+    if not (out / "test_2020").is_dir():
+        print("  skipped: section 1 has not made the NAIP pairs in --out")
+        return
+    print(f"  {'variant':<40}{'cross-date R@1':>15}{'AP':>7}{'same-date R@1':>15}{'AP':>7}{'min':>6}")
+    for name, over in ABLATION.items():
+        slug = "abl_" + "".join(c if c.isalnum() else "_" for c in name)
+        ckpt, seconds = fit(recipe, [out / "x2009_2015", out / "x2015_2009"], out / slug, epochs=epochs,
+                            quiet=True, **over)
+        x, s = scores(ckpt, out / "test_2020"), scores(ckpt, out / "test_2015")
+        print(f"  {name:<40}{x['R@1']:>14.1f}%{x['AP']:>6.1f}%{s['R@1']:>14.1f}%{s['AP']:>6.1f}%{seconds / 60:>6.1f}",
+              flush=True)
 
 
 def synthetic(out: Path, recipe: Path) -> None:
@@ -151,12 +212,15 @@ def main() -> None:
     ap.add_argument("--recipe", type=Path, default=ROOT / "configs" / "cpu_30min.yaml")
     ap.add_argument("--naip", type=Path, default=NAIP, help="folder with naip_2009/2015/2020*.tif")
     ap.add_argument("--skip-naip", action="store_true")
+    ap.add_argument("--ablation", action="store_true", help="1b: short runs undoing one change each (~20 min)")
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--skip-flight", action="store_true")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.skip_naip:
         naip(args.out, args.recipe, args.naip)
+    if args.ablation:
+        ablation(args.out, args.recipe)
     if not args.skip_synthetic:
         synthetic(args.out, args.recipe)
     if not args.skip_flight:

@@ -234,6 +234,8 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (checkpoints, logs)"),
     epochs: Optional[int] = typer.Option(None, help="Override the recipe's epochs"),
     batch_size: Optional[int] = typer.Option(None, help="Classes per batch"),
+    aligned: Optional[bool] = typer.Option(None, "--aligned/--not-aligned", help="Turn both views of a pair "
+                                           "together (map pairs) or flip each alone (University-1652)"),
     height: Optional[str] = typer.Option(None, help="SUES-200 height"),
     loss: Optional[str] = typer.Option(None, help="triplet | infonce"),
     backbone_weights: Optional[Path] = typer.Option(None, help="Local ImageNet weights (offline)"),
@@ -248,7 +250,7 @@ def train(
 
     overrides = dict(model=model, data=[str(d) for d in data] if data else None, out=str(out) if out else None,
                      epochs=epochs,
-                     batch_size=batch_size, height=height, loss=loss, pretrained=pretrained, max_steps=max_steps,
+                     batch_size=batch_size, aligned=aligned, height=height, loss=loss, pretrained=pretrained, max_steps=max_steps,
                      backbone_weights=str(backbone_weights) if backbone_weights else None, workers=workers)
     if config:
         cfg = TrainConfig.from_yaml(config, **overrides)
@@ -271,7 +273,9 @@ def evaluate(
     height: Optional[str] = typer.Option(None, help="SUES-200 height; 'all' for every height"),
     robustness: bool = typer.Option(False, "--robustness", help="Rotation and shift sweeps"),
     figure: Optional[Path] = typer.Option(None, "--figure", help="Write a top-5 retrieval figure (PNG)"),
-    no_flip: bool = typer.Option(False, "--no-flip", help="Skip flip averaging"),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Average each descriptor with its mirror's "
+                                        "(University-1652 protocol); default: on, except for models trained on "
+                                        "aligned pairs, which are evaluated as the runtime embeds frames"),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON (for scripts and CI)"),
 ) -> None:
@@ -283,12 +287,13 @@ def evaluate(
 
     from skyloc.models.checkpoint import load_model
     from skyloc.train.datasets import SUES_HEIGHTS
-    from skyloc.train.evaluate import evaluate as run_eval, retrieval_figure, robustness as run_rob
+    from skyloc.train.evaluate import default_flip, evaluate as run_eval, retrieval_figure, robustness as run_rob
 
-    model, _ = load_model(ckpt)
+    model, state = load_model(ckpt)
+    flip = default_flip(state) if flip is None else flip
     heights = list(SUES_HEIGHTS) if height == "all" else [height]
-    rows = [dict(r, data=str(d), height=h) for d in data for h in heights
-            for r in run_eval(model, d, device, flip=not no_flip, height=h)]
+    rows = [dict(r, data=str(d), height=h, flip=flip) for d in data for h in heights
+            for r in run_eval(model, d, device, flip=flip, height=h)]
     rob = [dict(r, data=str(d)) for d in data for r in run_rob(model, d, device)] if robustness else []
     if as_json:
         print(json.dumps({"checkpoint": str(ckpt), "data": [str(d) for d in data], "results": rows,

@@ -17,7 +17,7 @@ from skyloc.runtime.embedder import OnnxEmbedder, embed_images
 from skyloc.runtime.preprocess import load_image
 from skyloc.train.predict import predict
 
-SMALL = ["mlr_convnext_atto", "mift_tiny"]
+SMALL = ["mlr_convnext_atto", "mlr_convnext_atto_layout", "mift_tiny"]
 
 
 @pytest.fixture(scope="module", params=SMALL)

@@ -4,7 +4,7 @@ import torch
 from skyloc.errors import SkylocError
 from skyloc.models import create_model, list_models
 
-SMALL = ["mlr_convnext_atto", "mift_tiny"]
+SMALL = ["mlr_convnext_atto", "mlr_convnext_atto_layout", "mift_tiny"]
 
 
 def test_registry_lists_both_families_and_rejects_unknown_names():

@@ -23,7 +23,7 @@ REASON = _gpu_reason()
 
 
 @pytest.mark.skipif(REASON is not None, reason=REASON or "")
-@pytest.mark.parametrize("name", ["mlr_convnext_atto", "mift_tiny"])
+@pytest.mark.parametrize("name", ["mlr_convnext_atto", "mlr_convnext_atto_layout", "mift_tiny"])
 @pytest.mark.parametrize("precision,tol", [("fp32", 1e-3), ("fp16", 2e-2)])
 def test_engine_matches_onnxruntime(tmp_path, name, precision, tol):
     from skyloc.export.onnx_export import export_onnx

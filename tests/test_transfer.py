@@ -110,6 +110,7 @@ def test_evaluate_a_plain_folder_with_json_and_an_80_column_table(tmp_path, trai
     rows = json.loads(r.stdout)["results"]
     assert {x["task"] for x in rows} == {"drone->satellite", "satellite->drone"} and rows[0]["dataset"] == "folder"
     assert rows[0]["gallery"] == 8 and rows[0]["queries"] == 8 * 3
+    assert rows[0]["flip"] is True  # University-1652's flip averaging: this model was not trained aligned
     r = subprocess.run(cmd, capture_output=True, text=True, env={"COLUMNS": "80", "PATH": "", "TERM": "dumb"})
     assert r.returncode == 0, r.stderr[-1500:]
     lines = r.stdout.splitlines()
@@ -134,3 +135,92 @@ def test_evaluate_puts_test_sets_side_by_side(tmp_path, trained, heldout_pairs):
     side = r.stdout[r.stdout.index("drone->sat, full gallery"):]
     assert side.count(heldout_pairs.name) == 1 and side.count("again") == 1
     assert side.count("+0.00") == 2  # the same images twice: no difference
+
+
+def _textured_folder(root, classes=4, views=3):
+    """Classes whose images differ in content, so that two draws of an item can be told apart."""
+    rng = np.random.default_rng(0)
+    for i in range(classes):
+        c = f"{i:04d}"
+        (root / "satellite" / c).mkdir(parents=True, exist_ok=True)
+        (root / "drone" / c).mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(root / "satellite" / c / f"{c}.png"), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        for v in range(views):
+            cv2.imwrite(str(root / "drone" / c / f"{v}.png"), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    return root
+
+
+def test_every_epoch_draws_new_views_and_augmentations_with_persistent_workers(tmp_path):
+    """The loader's workers live across epochs: an epoch counter set in the main process never
+    reached them, and every epoch repeated the first one's pairs."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from skyloc.models import create_model
+
+    drone, sat = training_views([_textured_folder(tmp_path / "a")])
+    ds = PairDataset(drone, sat, create_model("mlr_convnext_atto", 4).data_config, k_sat=1)
+    torch.manual_seed(0)
+    loader = DataLoader(ds, batch_size=4, shuffle=False, num_workers=1, persistent_workers=True)
+    epochs = [next(iter(loader)) for _ in range(3)]
+    for a, b in zip(epochs, epochs[1:]):
+        assert torch.equal(a[2], b[2])  # the same classes in the same order...
+        assert not torch.allclose(a[1], b[1])  # ...but other drone views/augmentations
+    torch.manual_seed(0)  # and reproducible from the run's seed
+    again = DataLoader(ds, batch_size=4, shuffle=False, num_workers=1, persistent_workers=True)
+    assert torch.allclose(next(iter(again))[1], epochs[0][1])
+
+
+def test_aligned_pairs_are_turned_and_mirrored_together():
+    from skyloc.train.datasets import turn_together
+
+    img = np.arange(6 * 6 * 3, dtype=np.uint8).reshape(6, 6, 3)  # no symmetry
+    outcomes = set()
+    for seed in range(40):
+        a, b = turn_together([img, img.copy()], random.Random(seed))
+        assert np.array_equal(a, b)  # the same turn for both views of the pair
+        outcomes.add(a.tobytes())
+    assert len(outcomes) == 8  # 4 turns x mirror: every layout of the place is used
+
+
+def test_adamw_with_cosine_schedule_warms_up_and_ends_near_zero(tmp_path, pairs):
+    import csv
+
+    from skyloc.models.checkpoint import read_checkpoint
+    from skyloc.train.config import TrainConfig
+    from skyloc.train.trainer import train
+
+    cfg = TrainConfig(model="mlr_convnext_atto_layout", data=[str(pairs)], out=str(tmp_path / "r"), epochs=3,
+                      batch_size=8, max_steps=4, workers=0, amp=False, optimizer="adamw", lr=1e-3,
+                      backbone_lr=1e-3, weight_decay=0.05, schedule="cosine", warmup_epochs=1, ce_weight=0.0,
+                      aligned=True, loss="infonce")
+    r = train(cfg)
+    assert np.isfinite(r["loss"]).all()
+    state = read_checkpoint(r["checkpoint"])
+    assert state["model_name"] == "mlr_convnext_atto_layout"
+    assert state["optimizer"]["param_groups"][0].get("amsgrad") is not None  # AdamW's state, not SGD's
+    from skyloc.train.evaluate import default_flip
+
+    assert default_flip(state) is False  # evaluated as the runtime embeds frames: no mirror averaging
+    lrs = [float(row["lr"]) for row in csv.DictReader(open(tmp_path / "r" / "log.csv"))]
+    assert lrs[0] > lrs[1] > lrs[2] and lrs[2] < 0.1 * 1e-3  # past the warm-up, then down to ~0
+    with pytest.raises(SkylocError, match="optimizer"):
+        TrainConfig.parse({"optimizer": "adam"}, "recipe.yaml")
+
+
+def test_layout_branch_tells_a_place_from_its_mirror_image():
+    """North-up views of two places that differ only in where things are: the global average
+    branch cannot tell them apart, the layout branch can, and the descriptor carries it."""
+    import torch
+
+    from skyloc.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("mlr_convnext_atto_layout", 4).eval()
+    feats = torch.randn(1, model.backbone.num_features, 4, 4)
+    mirror = torch.flip(feats, dims=[3])
+    with torch.no_grad():
+        a, b = model.forward_branches(feats), model.forward_branches(mirror)
+    torch.testing.assert_close(a[0], b[0])  # global pooling: blind to the layout
+    assert (a[-1] - b[-1]).norm() > 0.3 * a[-1].norm()  # the layout branch sees it
+    assert len(a) == 3 and model.embed_dim == 3 * model.bottleneck_dim

@@ -2,6 +2,11 @@
 
 backbone map O -> [SGE(O), ACmix(O)] -> F_out = alpha*F_att + beta*F_conv (learnable, init 0.5);
 global branch avgpool(O) and fused branch avgpool(F_out), each with a ClassBlock.
+
+The `_layout` variants (ours, not the paper's) add a third branch: O average-pooled on a GxG grid
+and concatenated, so the descriptor keeps where things are. Both views of a map pair are north-up
+(the runtime derotates frames), so layout is what tells two nearby places apart; global pooling
+throws it away, which a network trained from scratch cannot make up for (see the README's figures).
 """
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import math
 import timm
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from skyloc.models.base import CrossViewModel
 from skyloc.models.registry import register_model
@@ -87,6 +93,7 @@ class MLR(CrossViewModel):
         drop: float = 0.5,
         sge_groups: int = 64,
         attn_heads: int = 8,
+        layout_grid: int = 0,
         pretrained: bool = False,
         model_name: str = "mlr_convnext_tiny",
     ):
@@ -98,7 +105,8 @@ class MLR(CrossViewModel):
         self.acmix = ACMix(dim, heads=attn_heads)
         self.alpha = nn.Parameter(torch.tensor(0.5))
         self.beta = nn.Parameter(torch.tensor(0.5))
-        self._make_heads([dim, dim], num_classes, bottleneck, drop)
+        self.layout_grid = layout_grid
+        self._make_heads([dim, dim] + ([dim * layout_grid**2] if layout_grid else []), num_classes, bottleneck, drop)
         self.data_config = DataConfig(input_size=(3, img_size, img_size), interpolation="bicubic")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +114,10 @@ class MLR(CrossViewModel):
 
     def forward_branches(self, feats: torch.Tensor) -> list[torch.Tensor]:
         fused = self.alpha * self.sge(feats) + self.beta * self.acmix(feats)
-        return [feats.mean(dim=(2, 3)), fused.mean(dim=(2, 3))]
+        branches = [feats.mean(dim=(2, 3)), fused.mean(dim=(2, 3))]
+        if self.layout_grid:
+            branches.append(F.adaptive_avg_pool2d(feats, self.layout_grid).flatten(1))
+        return branches
 
 
 @register_model
@@ -120,3 +131,17 @@ def mlr_convnext_atto(num_classes: int = 701, pretrained: bool = False, **kw) ->
     """Small CPU variant: ConvNeXt-atto, 128 px, 256-d branches (D=512)."""
     kw = {"img_size": 128, "bottleneck": 256, "sge_groups": 32, "attn_heads": 4, **kw}
     return MLR("convnext_atto", num_classes, pretrained=pretrained, model_name="mlr_convnext_atto", **kw)
+
+
+@register_model
+def mlr_convnext_atto_layout(num_classes: int = 701, pretrained: bool = False, **kw) -> MLR:
+    """mlr_convnext_atto with the 2x2 layout branch (D=768): the CPU recipes' model for your maps."""
+    kw = {"img_size": 128, "bottleneck": 256, "sge_groups": 32, "attn_heads": 4, "layout_grid": 2, **kw}
+    return MLR("convnext_atto", num_classes, pretrained=pretrained, model_name="mlr_convnext_atto_layout", **kw)
+
+
+@register_model
+def mlr_convnext_tiny_layout(num_classes: int = 701, pretrained: bool = False, **kw) -> MLR:
+    """mlr_convnext_tiny with the 2x2 layout branch (D=1536): the GPU recipe's model for your maps."""
+    kw = {"layout_grid": 2, **kw}
+    return MLR("convnext_tiny", num_classes, pretrained=pretrained, model_name="mlr_convnext_tiny_layout", **kw)

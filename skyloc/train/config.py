@@ -23,14 +23,22 @@ class TrainConfig(BaseModel):
     k_sat: int = Field(1, ge=1, description="satellite augmentations per class per epoch (MIFT: 3)")
     lr: float = Field(0.01, gt=0)
     backbone_lr: float = Field(0.001, gt=0)
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd: the papers' (fine-tuning ImageNet "
+                                                "weights); adamw: trains from scratch far better (see README)")
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    schedule: Literal["step", "cosine"] = Field("step", description="step: x gamma at each milestone; cosine: "
+                                                "to zero over the run after warmup_epochs")
+    warmup_epochs: float = Field(0.0, ge=0, description="linear learning-rate warm-up (cosine schedule)")
     milestones: list[int] = [70, 110]
     gamma: float = 0.1
+    aligned: bool = Field(False, description="turn and mirror both views of a pair together (your maps: views "
+                          "north-up as the runtime derotates frames); off: each view flipped on its own "
+                          "(University-1652, whose drone views circle a building)")
     loss: Literal["triplet", "infonce"] = "triplet"
     appearance: float = Field(0.0, ge=0, le=2, description="strength of the appearance randomisation (sensor, "
                               "exposure, haze, shadows, blur, noise/JPEG, season): 0 off, 1 full strength "
-                              "(no gain measured on NAIP across dates; for gaps your data lacks)")
+                              "(NAIP across dates, 8-epoch runs: R@1 15.0 -> 23.8 %, same-date 59.4 -> 55.0 %)")
     colour: Literal["auto", "rgb", "grey"] = Field("auto", description="auto: grey when the satellite images are "
                                                    "grey (a panchromatic map); the model records it")
     clip_grad: Optional[float] = Field(None, gt=0, description="clip the gradient norm (None: off)")

@@ -25,6 +25,13 @@ def _feats(model, views: ViewSet, device, flip, transform=None, batch_size=32):
     return predict(model, imgs, batch_size=batch_size, flip=flip, device=device), [c for _, c in views.items]
 
 
+def default_flip(checkpoint: dict) -> bool:
+    """Flip averaging (University-1652's protocol) unless the model was trained on aligned pairs:
+    a north-up model is judged as the runtime uses it, one frame, no mirror (a mirror image is
+    another layout, i.e. another place, to it)."""
+    return not bool(checkpoint.get("config", {}).get("aligned", False))
+
+
 def evaluate(model: CrossViewModel, data: str | Path, device: str = "cpu", flip: bool = True,
              height: str | None = None, query_transform=None, tasks=TASKS) -> list[dict]:
     """Rows of metrics: each task under the full-gallery and the distractor-free protocol.
