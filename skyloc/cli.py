@@ -250,7 +250,8 @@ def train(
 
     overrides = dict(model=model, data=[str(d) for d in data] if data else None, out=str(out) if out else None,
                      epochs=epochs,
-                     batch_size=batch_size, aligned=aligned, height=height, loss=loss, pretrained=pretrained, max_steps=max_steps,
+                     batch_size=batch_size, aligned=aligned, height=height, loss=loss, pretrained=pretrained,
+                     max_steps=max_steps,
                      backbone_weights=str(backbone_weights) if backbone_weights else None, workers=workers)
     if config:
         cfg = TrainConfig.from_yaml(config, **overrides)
