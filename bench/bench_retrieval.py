@@ -50,7 +50,7 @@ def fit(recipe: Path, data: list[Path], out: Path, quiet: bool = False, **over) 
     with open(out / "log.csv") as f:
         seconds = float(list(csv.DictReader(f))[-1]["seconds"])
     if not quiet:
-            print(f"    {recipe.name} on {', '.join(d.name for d in data)}: {r['classes']} classes, {cfg.epochs} epochs, "
+        print(f"    {recipe.name} on {', '.join(d.name for d in data)}: {r['classes']} classes, {cfg.epochs} epochs, "
               f"{seconds / 60:.1f} min")
     return Path(r["checkpoint"]), seconds
 
@@ -119,7 +119,7 @@ def naip(out: Path, recipe: Path, folder: Path = NAIP) -> None:
 
 ABLATION = {  # one change of the recipe undone at a time (what each change bought)
     "the recipe": {},
-    "+ appearance randomisation": {"appearance": 1.0},
+    "without appearance randomisation": {"appearance": 0.0},
     "without the layout branch": {"model": "mlr_convnext_atto"},
     "pairs not turned together": {"aligned": False},
     "SGD, step schedule, + classifier loss": {"optimizer": "sgd", "lr": 0.02, "backbone_lr": 0.01,
