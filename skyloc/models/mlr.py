@@ -5,8 +5,8 @@ global branch avgpool(O) and fused branch avgpool(F_out), each with a ClassBlock
 
 The `_layout` variants (ours, not the paper's) add a third branch: O average-pooled on a GxG grid
 and concatenated, so the descriptor keeps where things are. Both views of a map pair are north-up
-(the runtime derotates frames), so layout is what tells two nearby places apart; global pooling
-throws it away, which a network trained from scratch cannot make up for (see the README's figures).
+(the runtime derotates frames), so layout helps tell two nearby places apart; global pooling throws
+it away. Measured on NAIP (README): +6.9 points R@1 same-date, nothing across dates.
 """
 from __future__ import annotations
 
