@@ -120,7 +120,8 @@ def naip(out: Path, recipe: Path, folder: Path = NAIP) -> None:
 ABLATION = {  # one change of the recipe undone at a time (what each change bought)
     "the recipe": {},
     "without appearance randomisation": {"appearance": 0.0},
-    "without the layout branch": {"model": "mlr_convnext_atto"},
+    "without per-image standardisation": {"model_kwargs": {"image_norm": False}},
+    "without the layout branch": {"model_kwargs": {"layout_grid": 0}},
     "pairs not turned together": {"aligned": False},
     "SGD, step schedule, + classifier loss": {"optimizer": "sgd", "lr": 0.02, "backbone_lr": 0.01,
                                               "weight_decay": 5e-4, "schedule": "step", "milestones": [6],

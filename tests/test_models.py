@@ -73,3 +73,17 @@ def test_local_backbone_weights_load_and_wrong_files_are_refused(tmp_path):
 def test_mift_pretrained_names_the_offline_path():
     with pytest.raises(SkylocError, match="--backbone-weights"):
         create_model("mift_small", pretrained=True)
+
+
+def test_layout_model_ignores_white_balance_and_exposure_of_its_input():
+    """A map of one date and a frame of another differ in per-channel gain and offset: the models for
+    your maps standardise each image, so such a change leaves the descriptor where it was."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 128, 128)
+    gain = torch.tensor([1.3, 0.8, 1.1]).view(1, 3, 1, 1)
+    offset = torch.tensor([0.4, -0.2, 0.1]).view(1, 3, 1, 1)
+    for name, invariant in (("mlr_convnext_atto_layout", True), ("mlr_convnext_atto", False)):
+        m = create_model(name, num_classes=5).eval()
+        with torch.no_grad():
+            same = torch.nn.functional.cosine_similarity(m.embed(x), m.embed(x * gain + offset)).min().item()
+        assert (same > 0.9999) is invariant, (name, same)

@@ -208,6 +208,29 @@ def test_adamw_with_cosine_schedule_warms_up_and_ends_near_zero(tmp_path, pairs)
         TrainConfig.parse({"optimizer": "adam"}, "recipe.yaml")
 
 
+def test_model_kwargs_travel_from_the_recipe_to_the_checkpoint(tmp_path, pairs):
+    """A recipe can change the model (here: no per-image standardisation); the checkpoint rebuilds
+    exactly that model, a wrong argument is named, and a run of other arguments is not resumed."""
+    import torch
+
+    from skyloc.models import create_model
+    from skyloc.models.checkpoint import load_model
+    from skyloc.train.config import TrainConfig
+    from skyloc.train.trainer import train
+
+    base = dict(model="mlr_convnext_atto_layout", data=[str(pairs)], out=str(tmp_path / "r"), epochs=1,
+                batch_size=8, max_steps=2, workers=0, amp=False, aligned=True, loss="infonce")
+    r = train(TrainConfig(**base, model_kwargs={"image_norm": False}))
+    model, state = load_model(r["checkpoint"])
+    assert state["model_kwargs"] == {"image_norm": False}
+    assert isinstance(model.standardise, torch.nn.Identity)
+    assert not isinstance(create_model("mlr_convnext_atto_layout", 3).standardise, torch.nn.Identity)  # the default
+    with pytest.raises(SkylocError, match="model_kwargs"):
+        train(TrainConfig(**base), resume=True)  # same --out, other model: refused, not mixed
+    with pytest.raises(SkylocError, match="does not take 'imagenorm'"):
+        train(TrainConfig(**{**base, "out": str(tmp_path / "s")}, model_kwargs={"imagenorm": False}))
+
+
 def test_layout_branch_tells_a_place_from_its_mirror_image():
     """North-up views of two places that differ only in where things are: the global average
     branch cannot tell them apart, the layout branch can, and the descriptor carries it."""

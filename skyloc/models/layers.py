@@ -30,6 +30,25 @@ class ClassBlock(nn.Module):
         return self.classifier(feat), feat
 
 
+class ImageStandardise(nn.Module):
+    """Each image, each channel, to zero mean and unit spread before the backbone.
+
+    Two dates, seasons or sensors of one place differ most in white balance and exposure; this
+    takes both away from the network's input, so it only sees how each channel varies across the
+    image. Measured on NAIP across dates (README): +16 points R@1 across dates, +20 same-date, in
+    8-epoch runs of the CPU recipe. One definition, inside the network: ONNX and TensorRT carry it.
+    """
+
+    def __init__(self, eps: float = 1e-3):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        std = (x - mean).pow(2).mean(dim=(2, 3), keepdim=True).sqrt()
+        return (x - mean) / (std + self.eps)
+
+
 def unit_descriptor(features: list[torch.Tensor]) -> torch.Tensor:
     """Each branch L2-normalised and divided by sqrt(K), concatenated: a unit-length descriptor."""
     k = len(features)

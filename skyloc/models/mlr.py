@@ -6,7 +6,9 @@ global branch avgpool(O) and fused branch avgpool(F_out), each with a ClassBlock
 The `_layout` variants (ours, not the paper's) add a third branch: O average-pooled on a GxG grid
 and concatenated, so the descriptor keeps where things are. Both views of a map pair are north-up
 (the runtime derotates frames), so layout helps tell two nearby places apart; global pooling throws
-it away. Measured on NAIP (README): +6.9 points R@1 same-date, nothing across dates.
+it away. Measured on NAIP (README): +6.9 points R@1 same-date, nothing across dates. They also
+standardise each input image per channel (`ImageStandardise`), which took away most of the gap
+between dates: +16 points R@1 across dates.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from skyloc.models.base import CrossViewModel
+from skyloc.models.layers import ImageStandardise
 from skyloc.models.registry import register_model
 from skyloc.runtime.preprocess import DataConfig
 
@@ -94,11 +97,13 @@ class MLR(CrossViewModel):
         sge_groups: int = 64,
         attn_heads: int = 8,
         layout_grid: int = 0,
+        image_norm: bool = False,
         pretrained: bool = False,
         model_name: str = "mlr_convnext_tiny",
     ):
         super().__init__()
         self.model_name = model_name
+        self.standardise = ImageStandardise() if image_norm else nn.Identity()
         self.backbone = timm.create_model(backbone, pretrained=pretrained, num_classes=0, global_pool="")
         dim = self.backbone.num_features
         self.sge = SpatialGroupEnhance(sge_groups)
@@ -110,7 +115,7 @@ class MLR(CrossViewModel):
         self.data_config = DataConfig(input_size=(3, img_size, img_size), interpolation="bicubic")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone.forward_features(x)
+        return self.backbone.forward_features(self.standardise(x))
 
     def forward_branches(self, feats: torch.Tensor) -> list[torch.Tensor]:
         fused = self.alpha * self.sge(feats) + self.beta * self.acmix(feats)
@@ -135,13 +140,16 @@ def mlr_convnext_atto(num_classes: int = 701, pretrained: bool = False, **kw) ->
 
 @register_model
 def mlr_convnext_atto_layout(num_classes: int = 701, pretrained: bool = False, **kw) -> MLR:
-    """mlr_convnext_atto with the 2x2 layout branch (D=768): the CPU recipes' model for your maps."""
-    kw = {"img_size": 128, "bottleneck": 256, "sge_groups": 32, "attn_heads": 4, "layout_grid": 2, **kw}
+    """mlr_convnext_atto with the 2x2 layout branch (D=768) and per-image standardised input: the CPU
+    recipes' model for your maps."""
+    kw = {"img_size": 128, "bottleneck": 256, "sge_groups": 32, "attn_heads": 4, "layout_grid": 2, "image_norm": True,
+          **kw}
     return MLR("convnext_atto", num_classes, pretrained=pretrained, model_name="mlr_convnext_atto_layout", **kw)
 
 
 @register_model
 def mlr_convnext_tiny_layout(num_classes: int = 701, pretrained: bool = False, **kw) -> MLR:
-    """mlr_convnext_tiny with the 2x2 layout branch (D=1536): the GPU recipe's model for your maps."""
-    kw = {"layout_grid": 2, **kw}
+    """mlr_convnext_tiny with the 2x2 layout branch (D=1536) and per-image standardised input: the GPU
+    recipe's model for your maps."""
+    kw = {"layout_grid": 2, "image_norm": True, **kw}
     return MLR("convnext_tiny", num_classes, pretrained=pretrained, model_name="mlr_convnext_tiny_layout", **kw)

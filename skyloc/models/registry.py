@@ -36,7 +36,13 @@ def create_model(
     """
     if name not in _MODELS:
         raise SkylocError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    model = _MODELS[name](num_classes=num_classes, pretrained=pretrained, **kwargs)
+    try:
+        model = _MODELS[name](num_classes=num_classes, pretrained=pretrained, **kwargs)
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise SkylocError(f"model {name} does not take {str(exc).split('argument ')[-1]}: check model_kwargs "
+                          f"(given: {', '.join(kwargs) or 'none'})") from None
     model.factory_kwargs = dict(kwargs)  # recorded in checkpoints so the exact model can be rebuilt
     if backbone_weights:
         model.load_backbone_weights(backbone_weights)

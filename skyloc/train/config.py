@@ -13,6 +13,8 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = "mlr_convnext_tiny"
+    model_kwargs: dict = Field(default_factory=dict, description="more arguments for the model factory, e.g. "
+                               "{image_norm: false} (recorded in the checkpoint, like timm's --model-kwargs)")
     data: Optional[list[str]] = Field(None, description="one or more dataset roots (your pairs, University-1652, "
                                       "SUES-200, synthetic worlds); each root's classes are kept apart")
     balance_sources: bool = Field(True, description="draw each root equally often, whatever its size")

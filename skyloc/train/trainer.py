@@ -56,13 +56,16 @@ def train(cfg: TrainConfig, resume: bool = True, console=None) -> dict:
     state = read_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
     if state is not None and state["model_name"] != cfg.model:
         raise SkylocError(f"{ckpt_path} is a {state['model_name']} run, not {cfg.model}: use another --out")
+    if state is not None and state.get("model_kwargs", {}) != cfg.model_kwargs:
+        raise SkylocError(f"{ckpt_path} was trained with model_kwargs {state.get('model_kwargs', {})}, not "
+                          f"{cfg.model_kwargs}: use another --out")
 
-    probe = create_model(cfg.model, num_classes=2)
+    probe = create_model(cfg.model, num_classes=2, **cfg.model_kwargs)
     colour = cfg.colour if cfg.colour != "auto" else detect_colour(sat)
     data_config = replace(probe.data_config, colour=colour)
     dataset = PairDataset(drone, sat, data_config, k_sat=cfg.k_sat, appearance=cfg.appearance, aligned=cfg.aligned)
     model = create_model(cfg.model, num_classes=dataset.num_classes, pretrained=cfg.pretrained,
-                         backbone_weights=cfg.backbone_weights).to(device)
+                         backbone_weights=cfg.backbone_weights, **cfg.model_kwargs).to(device)
     model.data_config = data_config
     if rank == 0 and colour == "grey":
         log.info("grey satellite images: training a grey model (frames are turned grey at run time too)")
