@@ -9,8 +9,8 @@
    before: configs/cpu_small.yaml on make-pairs of one image (west 2009), as the project did;
    after:  the recipe on cross-date pairs of two dates (2009 tiles with 2015 views and the
            reverse, `make-pairs --drone-from`).
-1b. (--ablation) What each change of the recipe bought: short runs of the recipe with one change
-   undone at a time, on section 1's pairs.
+1b. (--ablation, runs last) What each change of the recipe bought: short runs of the recipe with one
+   change undone at a time, on section 1's pairs.
 2. Synthetic cross-season: train on summer maps, evaluate on an unseen map: summer tiles against
    autumn drone views (cross-season) and summer ones (same season). Neither recipe sees autumn:
    the new one runs with appearance randomisation on (appearance: 1.0), its only way to learn it.
@@ -213,19 +213,19 @@ def main() -> None:
     ap.add_argument("--recipe", type=Path, default=ROOT / "configs" / "cpu_30min.yaml")
     ap.add_argument("--naip", type=Path, default=NAIP, help="folder with naip_2009/2015/2020*.tif")
     ap.add_argument("--skip-naip", action="store_true")
-    ap.add_argument("--ablation", action="store_true", help="1b: short runs undoing one change each (~20 min)")
+    ap.add_argument("--ablation", action="store_true", help="1b, run last: 8-epoch runs undoing one change each (~30 min)")
     ap.add_argument("--skip-synthetic", action="store_true")
     ap.add_argument("--skip-flight", action="store_true")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.skip_naip:
         naip(args.out, args.recipe, args.naip)
-    if args.ablation:
-        ablation(args.out, args.recipe)
     if not args.skip_synthetic:
         synthetic(args.out, args.recipe)
     if not args.skip_flight:
         flight(args.out, args.recipe)
+    if args.ablation:  # last: the longest part, each row printed as it finishes
+        ablation(args.out, args.recipe)
 
 
 if __name__ == "__main__":

@@ -35,8 +35,8 @@ class ImageStandardise(nn.Module):
 
     Two dates, seasons or sensors of one place differ most in white balance and exposure; this
     takes both away from the network's input, so it only sees how each channel varies across the
-    image. Measured on NAIP across dates (README): +16 points R@1 across dates, +20 same-date, in
-    8-epoch runs of the CPU recipe. One definition, inside the network: ONNX and TensorRT carry it.
+    image. Measured on NAIP (README, 8-epoch runs of the CPU recipe): R@1 across dates 23.8 -> 42.5 %,
+    same-date 55.0 -> 68.8 %. One definition, inside the network: ONNX and TensorRT carry it.
     """
 
     def __init__(self, eps: float = 1e-3):

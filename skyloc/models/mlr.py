@@ -6,9 +6,9 @@ global branch avgpool(O) and fused branch avgpool(F_out), each with a ClassBlock
 The `_layout` variants (ours, not the paper's) add a third branch: O average-pooled on a GxG grid
 and concatenated, so the descriptor keeps where things are. Both views of a map pair are north-up
 (the runtime derotates frames), so layout helps tell two nearby places apart; global pooling throws
-it away. Measured on NAIP (README): +6.9 points R@1 same-date, nothing across dates. They also
-standardise each input image per channel (`ImageStandardise`), which took away most of the gap
-between dates: +16 points R@1 across dates.
+it away. They also standardise each input image per channel (`ImageStandardise`): white balance and
+exposure, what changes most between dates, are gone before the backbone. Measured on NAIP across
+dates (README, 8-epoch runs): R@1 +18.7 points for the standardisation, +11.3 for the layout branch.
 """
 from __future__ import annotations
 
