@@ -87,3 +87,18 @@ def test_layout_model_ignores_white_balance_and_exposure_of_its_input():
         with torch.no_grad():
             same = torch.nn.functional.cosine_similarity(m.embed(x), m.embed(x * gain + offset)).min().item()
         assert (same > 0.9999) is invariant, (name, same)
+
+
+def test_layout_checkpoints_from_before_the_standardisation_load_as_they_were_trained(tmp_path):
+    """A _layout checkpoint written before image_norm existed must not gain it on loading: the weights
+    were trained without it, and its ONNX re-export would share the weights' fingerprint with the old one."""
+    from skyloc.models.checkpoint import load_model, save_checkpoint
+
+    old = create_model("mlr_convnext_atto_layout", num_classes=3, image_norm=False)
+    save_checkpoint(tmp_path / "old.pt", old)
+    state = torch.load(tmp_path / "old.pt", weights_only=False)
+    state.update(skyloc_checkpoint=1, model_kwargs={})  # as the format-1 files were written
+    torch.save(state, tmp_path / "old.pt")
+    assert isinstance(load_model(tmp_path / "old.pt")[0].standardise, torch.nn.Identity)
+    save_checkpoint(tmp_path / "new.pt", create_model("mlr_convnext_atto_layout", num_classes=3))
+    assert not isinstance(load_model(tmp_path / "new.pt")[0].standardise, torch.nn.Identity)

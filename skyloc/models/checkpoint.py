@@ -15,7 +15,7 @@ def save_checkpoint(path: str | Path, model: CrossViewModel, **extra) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
-        "skyloc_checkpoint": 1,
+        "skyloc_checkpoint": 2,  # 2: _layout models standardise their input (image_norm)
         "model_name": model.model_name,
         "num_classes": model.num_classes,
         "model_kwargs": getattr(model, "factory_kwargs", {}),
@@ -42,6 +42,14 @@ def read_checkpoint(path: str | Path) -> dict:
     return state
 
 
+def model_kwargs_of(state: dict) -> dict:
+    """The factory arguments a checkpoint's model was built with (older files: what was then the default)."""
+    kwargs = dict(state.get("model_kwargs", {}))
+    if state["model_name"].endswith("_layout") and state.get("skyloc_checkpoint", 1) < 2:
+        kwargs.setdefault("image_norm", False)  # trained before the _layout models standardised their input
+    return kwargs
+
+
 def load_model(path: str | Path, expect_model: str | None = None) -> tuple[CrossViewModel, dict]:
     """Rebuild the model a checkpoint was trained as; refuse if it is not `expect_model`."""
     state = read_checkpoint(path)
@@ -51,7 +59,7 @@ def load_model(path: str | Path, expect_model: str | None = None) -> tuple[Cross
                                  f"--model or the right checkpoint")
     if not is_model(name):
         raise SkylocError(f"{path} holds unknown model {name!r}: made by a newer skyloc?")
-    model = create_model(name, num_classes=state["num_classes"], **state.get("model_kwargs", {}))
+    model = create_model(name, num_classes=state["num_classes"], **model_kwargs_of(state))
     try:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as exc:

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 
 from skyloc.errors import SkylocError
 from skyloc.models import create_model
-from skyloc.models.checkpoint import read_checkpoint, save_checkpoint
+from skyloc.models.checkpoint import model_kwargs_of, read_checkpoint, save_checkpoint
 from skyloc.train.config import TrainConfig
 from skyloc.train.datasets import PairDataset, detect_colour, source_balanced_weights, training_views
 from skyloc.train.losses import branch_cross_entropy, cross_view_triplet, info_nce
@@ -56,8 +56,8 @@ def train(cfg: TrainConfig, resume: bool = True, console=None) -> dict:
     state = read_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
     if state is not None and state["model_name"] != cfg.model:
         raise SkylocError(f"{ckpt_path} is a {state['model_name']} run, not {cfg.model}: use another --out")
-    if state is not None and state.get("model_kwargs", {}) != cfg.model_kwargs:
-        raise SkylocError(f"{ckpt_path} was trained with model_kwargs {state.get('model_kwargs', {})}, not "
+    if state is not None and model_kwargs_of(state) != cfg.model_kwargs:
+        raise SkylocError(f"{ckpt_path} was trained with model_kwargs {model_kwargs_of(state)}, not "
                           f"{cfg.model_kwargs}: use another --out")
 
     probe = create_model(cfg.model, num_classes=2, **cfg.model_kwargs)
