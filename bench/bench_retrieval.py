@@ -137,10 +137,11 @@ def ablation(out: Path, recipe: Path, epochs: int = 8) -> None:
         print("  skipped: section 1 has not made the NAIP pairs in --out")
         return
     print(f"  {'variant':<40}{'cross-date R@1':>15}{'AP':>7}{'same-date R@1':>15}{'AP':>7}{'min':>6}")
+    recipe_epochs = TrainConfig.from_yaml(recipe).epochs
     for name, over in ABLATION.items():
         slug = "abl_" + "".join(c if c.isalnum() else "_" for c in name)
-        ckpt, seconds = fit(recipe, [out / "x2009_2015", out / "x2015_2009"], out / slug, epochs=epochs,
-                            quiet=True, **over)
+        run = out / "run_after" if not over and recipe_epochs == epochs else out / slug  # section 1's run
+        ckpt, seconds = fit(recipe, [out / "x2009_2015", out / "x2015_2009"], run, epochs=epochs, quiet=True, **over)
         x, s = scores(ckpt, out / "test_2020"), scores(ckpt, out / "test_2015")
         print(f"  {name:<40}{x['R@1']:>14.1f}%{x['AP']:>6.1f}%{s['R@1']:>14.1f}%{s['AP']:>6.1f}%{seconds / 60:>6.1f}",
               flush=True)

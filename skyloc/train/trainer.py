@@ -56,9 +56,10 @@ def train(cfg: TrainConfig, resume: bool = True, console=None) -> dict:
     state = read_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
     if state is not None and state["model_name"] != cfg.model:
         raise SkylocError(f"{ckpt_path} is a {state['model_name']} run, not {cfg.model}: use another --out")
-    if state is not None and model_kwargs_of(state) != cfg.model_kwargs:
-        raise SkylocError(f"{ckpt_path} was trained with model_kwargs {model_kwargs_of(state)}, not "
-                          f"{cfg.model_kwargs}: use another --out")
+    trained_kwargs = model_kwargs_of(state) if state is not None else cfg.model_kwargs
+    if trained_kwargs != cfg.model_kwargs:
+        raise SkylocError(f"{ckpt_path} was trained with model_kwargs {trained_kwargs}, not {cfg.model_kwargs}: "
+                          "use another --out")
 
     probe = create_model(cfg.model, num_classes=2, **cfg.model_kwargs)
     colour = cfg.colour if cfg.colour != "auto" else detect_colour(sat)
