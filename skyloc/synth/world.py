@@ -5,6 +5,7 @@ gives the cross-season test that real flights face (map from one date, camera on
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def generate(size_px: int = 2048, gsd: float = 1.0, seed: int = 0, season: str =
     if season not in SEASONS:
         raise SkylocError(f"unknown season {season!r}; use one of {sorted(SEASONS)}")
     layout = np.random.default_rng(seed)  # positions and shapes: the same in every season
-    tint = np.random.default_rng(seed * 7919 + hash(season) % 1000)  # colours: per season
+    # colours: per season; crc32, not hash(), which Python salts per process (worlds differed run to run)
+    tint = np.random.default_rng(seed * 7919 + zlib.crc32(season.encode()) % 1000)
     palette, tree_rgb, water_rgb, tint_mul = SEASONS[season]
     n = size_px
     img = _fields(n, layout, tint, palette)
