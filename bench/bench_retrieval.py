@@ -55,10 +55,13 @@ def fit(recipe: Path, data: list[Path], out: Path, quiet: bool = False, **over) 
     return Path(r["checkpoint"]), seconds
 
 
-def scores(ckpt: Path, data: Path) -> dict:
+def scores(ckpt: Path, data: Path, fixed: bool = True) -> dict:
     """Drone->satellite, full gallery, evaluated as `skyloc evaluate` does by default (flip averaging
-    except for models trained on aligned pairs, which meet frames as the runtime embeds them)."""
+    except for models trained on aligned pairs, which meet frames as the runtime embeds them).
+    fixed=False: the learned descriptor alone, without fixed branches (the edge layout)."""
     model, state = load_model(ckpt)
+    if not fixed:
+        model.fixed_branches = list  # this instance only: no fixed branches
     r = next(r for r in evaluate(model, data, flip=default_flip(state))
              if r["task"] == "drone->satellite" and r["protocol"] == "full gallery")
     return {"R@1": r["R@1"], "AP": r["AP"], "chance": 100.0 / r["gallery"], "queries": r["queries"]}
@@ -113,6 +116,9 @@ def naip(out: Path, recipe: Path, folder: Path = NAIP) -> None:
     table("drone->satellite, full gallery", {
         "cross-date: 2020 views / 2015 tiles": (scores(before, out / "test_2020"), scores(after, out / "test_2020")),
         "same date: 2015 views / 2015 tiles": (scores(before, out / "test_2015"), scores(after, out / "test_2015"))})
+    learned = [scores(after, out / t, fixed=False) for t in ("test_2020", "test_2015")]
+    print(f"  after, its learned part alone (without the edge layout): cross-date R@1 {learned[0]['R@1']:.1f} % / "
+          f"AP {learned[0]['AP']:.1f} %, same date {learned[1]['R@1']:.1f} % / {learned[1]['AP']:.1f} %")
     print(f"  reference without training (8x8 gradient thumbnails, correlation): cross-date R@1 "
           f"{thumbnail_scores(out / 'test_2020')['R@1']:.1f} %, same date {thumbnail_scores(out / 'test_2015')['R@1']:.1f} %")
 
@@ -142,9 +148,11 @@ def ablation(out: Path, recipe: Path, epochs: int = 8) -> None:
         slug = "abl_" + "".join(c if c.isalnum() else "_" for c in name)
         run = out / "run_after" if not over and recipe_epochs == epochs else out / slug  # section 1's run
         ckpt, seconds = fit(recipe, [out / "x2009_2015", out / "x2015_2009"], run, epochs=epochs, quiet=True, **over)
-        x, s = scores(ckpt, out / "test_2020"), scores(ckpt, out / "test_2015")
-        print(f"  {name:<40}{x['R@1']:>14.1f}%{x['AP']:>6.1f}%{s['R@1']:>14.1f}%{s['AP']:>6.1f}%{seconds / 60:>6.1f}",
-              flush=True)
+        rows = {name: True, "without the edge layout (same run)": False} if not over else {name: True}
+        for label, fixed in rows.items():  # the edge layout is not learned: no run of its own
+            x, s = scores(ckpt, out / "test_2020", fixed), scores(ckpt, out / "test_2015", fixed)
+            print(f"  {label:<40}{x['R@1']:>14.1f}%{x['AP']:>6.1f}%{s['R@1']:>14.1f}%{s['AP']:>6.1f}%"
+                  f"{seconds / 60:>6.1f}", flush=True)
 
 
 def synthetic(out: Path, recipe: Path) -> None:

@@ -26,9 +26,9 @@ def test_same_api_on_every_model(name):
     e = m.embed(x)
     assert e.shape == (3, m.embed_dim)
     torch.testing.assert_close(e.norm(dim=1), torch.ones(3))  # unit descriptor
-    # each branch contributes 1/sqrt(K) of the length
-    k, d = m.num_branches, m.bottleneck_dim
-    torch.testing.assert_close(e[:, :d].norm(dim=1), torch.full((3,), 1 / k**0.5))
+    # each of the K learned branches weighs 1, each fixed branch K: a learned one has sqrt(1 / (K (1 + F)))
+    k, d, f = m.num_branches, m.bottleneck_dim, len(m.fixed_branches())
+    torch.testing.assert_close(e[:, :d].norm(dim=1), torch.full((3,), (k * (1 + f)) ** -0.5))
 
 
 def test_paper_variants_match_the_papers_sizes():
@@ -94,7 +94,7 @@ def test_layout_checkpoints_from_before_the_standardisation_load_as_they_were_tr
     were trained without it, and its ONNX re-export would share the weights' fingerprint with the old one."""
     from skyloc.models.checkpoint import load_model, save_checkpoint
 
-    old = create_model("mlr_convnext_atto_layout", num_classes=3, image_norm=False)
+    old = create_model("mlr_convnext_atto_layout", num_classes=3, image_norm=False, edge_grid=0)
     save_checkpoint(tmp_path / "old.pt", old)
     state = torch.load(tmp_path / "old.pt", weights_only=False)
     state.update(skyloc_checkpoint=1, model_kwargs={})  # as the format-1 files were written
@@ -102,3 +102,45 @@ def test_layout_checkpoints_from_before_the_standardisation_load_as_they_were_tr
     assert isinstance(load_model(tmp_path / "old.pt")[0].standardise, torch.nn.Identity)
     save_checkpoint(tmp_path / "new.pt", create_model("mlr_convnext_atto_layout", num_classes=3))
     assert not isinstance(load_model(tmp_path / "new.pt")[0].standardise, torch.nn.Identity)
+
+
+def test_layout_checkpoints_from_before_the_edge_layout_load_without_it(tmp_path):
+    """Format-2 _layout files have no edge layout: loading them must give the 768-d descriptor their
+    tile caches were built with, not a longer one."""
+    from skyloc.models.checkpoint import load_model, save_checkpoint
+
+    save_checkpoint(tmp_path / "old.pt", create_model("mlr_convnext_atto_layout", num_classes=3, edge_grid=0))
+    state = torch.load(tmp_path / "old.pt", weights_only=False)
+    state.update(skyloc_checkpoint=2, model_kwargs={})  # as the format-2 files were written
+    torch.save(state, tmp_path / "old.pt")
+    old = load_model(tmp_path / "old.pt")[0]
+    assert old.fixed_branches() == [] and old.embed_dim == 768
+    save_checkpoint(tmp_path / "new.pt", create_model("mlr_convnext_atto_layout", num_classes=3))
+    assert load_model(tmp_path / "new.pt")[0].embed_dim == 768 + 64
+
+
+def test_edge_layout_finds_places_across_seasons_without_training():
+    """The layout models' fixed branch: where the edges of a tile lie. Fields change colour between
+    summer and autumn, their boundaries do not, so autumn views find their summer tiles untrained;
+    the descriptor's similarity is the mean of the learned one and the edge layout's."""
+    from skyloc.runtime.preprocess import DataConfig, preprocess
+    from skyloc.synth.world import generate
+
+    summer, autumn = generate(768, 1.0, seed=5).image, generate(768, 1.0, seed=5, season="autumn").image
+    cfg = DataConfig(input_size=(3, 128, 128))
+    corners = [(y, x) for y in range(0, 640, 128) for x in range(0, 640, 128)]  # 25 places
+
+    def batch(img):
+        return torch.stack([torch.from_numpy(preprocess(img[y:y + 128, x:x + 128], cfg)) for y, x in corners])
+
+    torch.manual_seed(0)
+    m = create_model("mlr_convnext_atto_layout", num_classes=5).eval()
+    with torch.no_grad():
+        edges = [torch.nn.functional.normalize(m.edges(batch(img)), dim=1) for img in (summer, autumn)]
+        hits = (edges[1] @ edges[0].T).argmax(dim=1) == torch.arange(len(corners))
+        assert hits.float().mean() >= 0.8, hits
+        q, g = m.embed(batch(autumn)), m.embed(batch(summer))
+        learned = m.embed_dim - 64
+        mean_of_both = 0.5 * (torch.nn.functional.normalize(q[:, :learned], dim=1) @
+                              torch.nn.functional.normalize(g[:, :learned], dim=1).T + edges[1] @ edges[0].T)
+    assert torch.allclose(q @ g.T, mean_of_both, atol=1e-5)

@@ -43,7 +43,11 @@ class CrossViewModel(nn.Module):
 
     @property
     def embed_dim(self) -> int:
-        return self.num_branches * self.bottleneck_dim
+        return self.num_branches * self.bottleneck_dim + sum(b.dim for b in self.fixed_branches())
+
+    def fixed_branches(self) -> list[nn.Module]:
+        """Descriptor parts computed from the image by a fixed rule (nothing learned, no head)."""
+        return []
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -59,8 +63,13 @@ class CrossViewModel(nn.Module):
         return self.forward_head(self.forward_branches(self.forward_features(x)))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """The retrieval descriptor [B, embed_dim], unit length. This is what ONNX exports."""
-        return unit_descriptor(self.forward(x).features)
+        """The retrieval descriptor [B, embed_dim], unit length. This is what ONNX exports.
+
+        The learned branches count equally; each fixed branch weighs as much as all of them together,
+        so similarity = mean(learned cosine similarity, fixed one) when there is one."""
+        learned = self.forward(x).features
+        fixed = [b(x) for b in self.fixed_branches()]
+        return unit_descriptor(learned + fixed, [1.0] * len(learned) + [float(len(learned))] * len(fixed))
 
     def backbone_parameters(self) -> list[nn.Parameter]:
         return list(self.backbone.parameters())

@@ -15,7 +15,7 @@ def save_checkpoint(path: str | Path, model: CrossViewModel, **extra) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
-        "skyloc_checkpoint": 2,  # 2: _layout models standardise their input (image_norm)
+        "skyloc_checkpoint": 3,  # 2: _layout models standardise their input (image_norm); 3: + edge layout
         "model_name": model.model_name,
         "num_classes": model.num_classes,
         "model_kwargs": getattr(model, "factory_kwargs", {}),
@@ -45,8 +45,12 @@ def read_checkpoint(path: str | Path) -> dict:
 def model_kwargs_of(state: dict) -> dict:
     """The factory arguments a checkpoint's model was built with (older files: what was then the default)."""
     kwargs = dict(state.get("model_kwargs", {}))
-    if state["model_name"].endswith("_layout") and state.get("skyloc_checkpoint", 1) < 2:
-        kwargs.setdefault("image_norm", False)  # trained before the _layout models standardised their input
+    version = state.get("skyloc_checkpoint", 1)
+    if state["model_name"].endswith("_layout"):
+        if version < 2:
+            kwargs.setdefault("image_norm", False)  # trained before the _layout models standardised their input
+        if version < 3:
+            kwargs.setdefault("edge_grid", 0)  # made before they carried the edge layout
     return kwargs
 
 

@@ -7,8 +7,10 @@ The `_layout` variants (ours, not the paper's) add a third branch: O average-poo
 and concatenated, so the descriptor keeps where things are. Both views of a map pair are north-up
 (the runtime derotates frames), so layout helps tell two nearby places apart; global pooling throws
 it away. They also standardise each input image per channel (`ImageStandardise`): white balance and
-exposure, what changes most between dates, are gone before the backbone. Measured on NAIP across
-dates (README, 8-epoch runs): R@1 +18.7 points for the standardisation, +11.3 for the layout branch.
+exposure, what changes most between dates, are gone before the backbone. And they carry a fixed,
+unlearned part (`EdgeLayout`, `edge_grid`): where the image's edges lie on an 8x8 grid, weighted as
+much as the learned branches together. Measured on NAIP across dates (README, 8-epoch runs): R@1
++18.7 points for the standardisation, +11.3 for the layout branch, +8 to +9 for the edge layout.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from skyloc.models.base import CrossViewModel
-from skyloc.models.layers import ImageStandardise
+from skyloc.models.layers import EdgeLayout, ImageStandardise
 from skyloc.models.registry import register_model
 from skyloc.runtime.preprocess import DataConfig
 
@@ -98,6 +100,7 @@ class MLR(CrossViewModel):
         attn_heads: int = 8,
         layout_grid: int = 0,
         image_norm: bool = False,
+        edge_grid: int = 0,
         pretrained: bool = False,
         model_name: str = "mlr_convnext_tiny",
     ):
@@ -113,6 +116,10 @@ class MLR(CrossViewModel):
         self.layout_grid = layout_grid
         self._make_heads([dim, dim] + ([dim * layout_grid**2] if layout_grid else []), num_classes, bottleneck, drop)
         self.data_config = DataConfig(input_size=(3, img_size, img_size), interpolation="bicubic")
+        self.edges = EdgeLayout(edge_grid) if edge_grid else None
+
+    def fixed_branches(self) -> list[nn.Module]:
+        return [self.edges] if self.edges is not None else []
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_features(self.standardise(x))
@@ -140,16 +147,16 @@ def mlr_convnext_atto(num_classes: int = 701, pretrained: bool = False, **kw) ->
 
 @register_model
 def mlr_convnext_atto_layout(num_classes: int = 701, pretrained: bool = False, **kw) -> MLR:
-    """mlr_convnext_atto with the 2x2 layout branch (D=768) and per-image standardised input: the CPU
-    recipes' model for your maps."""
+    """mlr_convnext_atto with the 2x2 layout branch, per-image standardised input and the 8x8 edge
+    layout (D=3x256+64): the CPU recipes' model for your maps."""
     kw = {"img_size": 128, "bottleneck": 256, "sge_groups": 32, "attn_heads": 4, "layout_grid": 2, "image_norm": True,
-          **kw}
+          "edge_grid": 8, **kw}
     return MLR("convnext_atto", num_classes, pretrained=pretrained, model_name="mlr_convnext_atto_layout", **kw)
 
 
 @register_model
 def mlr_convnext_tiny_layout(num_classes: int = 701, pretrained: bool = False, **kw) -> MLR:
-    """mlr_convnext_tiny with the 2x2 layout branch (D=1536) and per-image standardised input: the GPU
-    recipe's model for your maps."""
-    kw = {"layout_grid": 2, "image_norm": True, **kw}
+    """mlr_convnext_tiny with the 2x2 layout branch, per-image standardised input and the 8x8 edge
+    layout (D=3x512+64): the GPU recipe's model for your maps."""
+    kw = {"layout_grid": 2, "image_norm": True, "edge_grid": 8, **kw}
     return MLR("convnext_tiny", num_classes, pretrained=pretrained, model_name="mlr_convnext_tiny_layout", **kw)
