@@ -10,7 +10,8 @@ it away. They also standardise each input image per channel (`ImageStandardise`)
 exposure, what changes most between dates, are gone before the backbone. And they carry a fixed,
 unlearned part (`EdgeLayout`, `edge_grid`): where the image's edges lie on an 8x8 grid, weighted as
 much as the learned branches together. Measured on NAIP across dates (README, 8-epoch runs): R@1
-+18.7 points for the standardisation, +11.3 for the layout branch, +8 to +9 for the edge layout.
+50.0 % with all three; 41.9 % without the edge layout, 46.2 % without the standardisation, 44.4 %
+without the layout branch.
 """
 from __future__ import annotations
 
