@@ -43,13 +43,8 @@ def test_replay_writes_track_report_and_plots(tmp_path, heldout_map, heldout_cac
     from skyloc.synth.flight import FlightConfig, render_flight
 
     render_flight(heldout_map, tmp_path / "f.mp4", tmp_path / "f.csv", FlightConfig(duration_s=10, fps=2, altitude=125))
-    telemetry = load_telemetry(tmp_path / "f.csv")
-    # started from the take-off point (`--start`), so the figures do not hang on the 8-epoch test
-    # model's retrieval (that path: tests/test_localizer.py); once it gave 3 ok frames, usually 15
-    take_off = telemetry.at(0.0)
-    loc = Localizer(embedder, TileCache.load(heldout_cache, embedder.meta), LocalizerConfig(),
-                    start=(take_off.lat, take_off.lon, 30.0))
-    res = replay(str(tmp_path / "f.mp4"), loc, telemetry, tmp_path / "out")
+    loc = Localizer(embedder, TileCache.load(heldout_cache, embedder.meta), LocalizerConfig())
+    res = replay(str(tmp_path / "f.mp4"), loc, load_telemetry(tmp_path / "f.csv"), tmp_path / "out")
     rep = res.report
     assert rep["frames"] == 20 and rep["ok"] + rep["low_confidence"] + rep["no_fix"] == 20
     assert rep["ok"] >= 10, rep
