@@ -1,6 +1,7 @@
 """The `skyloc` command. Each command imports only what it needs: runtime commands never load torch."""
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from pathlib import Path
@@ -393,6 +394,21 @@ def merge_cache_cmd(
     console.print(f"merged {len(shards)} shards into {path}")
 
 
+DemOpt = typer.Option(None, "--dem", help="Elevation model GeoTIFF (any CRS): the altitude above home becomes the "
+                      "height above the ground under the camera")
+HomeElevationOpt = typer.Option(None, help="Elevation of the take-off point in the DEM's datum (default: the DEM "
+                                "at --start)")
+CompassSigmaOpt = typer.Option(10.0, help="How far off the compass may be before the map measures it (1-sigma, deg)")
+
+
+def _bias_config(compass_sigma: float):
+    from skyloc.runtime.bias import BiasConfig
+
+    if not 0 < compass_sigma <= 180:
+        raise SkylocError(f"--compass-sigma {compass_sigma}: give degrees in (0, 180]")
+    return BiasConfig(compass_sigma_deg=compass_sigma)
+
+
 def _open_localizer(model: Path, cache: Path, backend: str, map_path: Optional[Path], hfov: float, pitch: float = 0.0,
                     start: Optional[str] = None, nodata: Optional[float] = None, bands: Optional[str] = None,
                     **config):
@@ -414,12 +430,15 @@ def localize(
     model: Path = ModelOpt,
     cache: Path = CacheOpt,
     yaw: Optional[float] = typer.Option(None, help="Camera heading when the frame was taken (deg from north)"),
-    alt: Optional[float] = typer.Option(None, help="Altitude above ground (m)"),
+    alt: Optional[float] = typer.Option(None, help="Altitude above home (m); above the ground without --dem"),
     hfov: float = typer.Option(60.0, help="Camera horizontal FOV (deg)"),
     pitch: float = typer.Option(0.0, help="Camera tilt forward from nadir (deg)"),
     start: Optional[str] = StartOpt,
     map_path: Optional[Path] = typer.Option(None, "--map", help="The cache's GeoTIFF (default: the manifest's)"),
     nodata: Optional[float] = NodataOpt,
+    dem: Optional[Path] = DemOpt,
+    home_elevation: Optional[float] = HomeElevationOpt,
+    compass_sigma: float = CompassSigmaOpt,
     backend: str = BackendOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON"),
 ) -> None:
@@ -431,7 +450,8 @@ def localize(
 
     # one frame cannot be confirmed by a second: a strictly verified registration is the evidence
     loc = _open_localizer(model, cache, backend, map_path, hfov, pitch, start, nodata,
-                          status=StatusConfig(confirmations=1))
+                          dem=str(dem) if dem else None, home_elevation_m=home_elevation,
+                          bias=_bias_config(compass_sigma), status=StatusConfig(confirmations=1))
     est = loc.locate(load_image(image), 0.0, yaw_deg=yaw, altitude_m=alt)
     if as_json:
         console.print_json(json.dumps(est.to_dict(), default=float))
@@ -466,6 +486,9 @@ def replay(
     pitch: float = typer.Option(0.0, help="Camera tilt forward from nadir (deg), unless the telemetry has it"),
     registration_interval: float = typer.Option(0.5, help="Seconds between map registrations while tracking"),
     max_frames: Optional[int] = typer.Option(None, help="Stop after this many frames"),
+    dem: Optional[Path] = DemOpt,
+    home_elevation: Optional[float] = HomeElevationOpt,
+    compass_sigma: float = CompassSigmaOpt,
     backend: str = BackendOpt,
 ) -> None:
     """Run a recorded flight through the pipeline: track (CSV/GeoJSON/KML), errors, calibration, plots."""
@@ -487,6 +510,8 @@ def replay(
     # registration is the evidence (as for `localize`); videos need a second to confirm the track
     loc = _open_localizer(model, cache, backend, map_path, hfov, pitch, start, nodata,
                           registration_interval_s=registration_interval,
+                          dem=str(dem) if dem else None, home_elevation_m=home_elevation,
+                          bias=_bias_config(compass_sigma),
                           yaw_flip_ok=any(p.yaw_ambiguous for p in photos),
                           status=StatusConfig(confirmations=1 if Path(video).is_dir() else 2))
     link = None
@@ -526,6 +551,87 @@ def run(config: Path = typer.Option(..., "--config", help="Daemon YAML (configs/
 
     _logging("info")
     raise typer.Exit(run_daemon(config))
+
+
+@app.command()
+def sitl(
+    sitl_binary: Optional[Path] = typer.Option(None, "--sitl", envvar="SKYLOC_SITL",
+                                               help="ArduCopter SITL binary (build/sitl/bin/arducopter)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="Daemon YAML to fly with (its source and link are "
+                                          "replaced by the simulator's); default: one made from --model/--cache"),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Exported model (without --config)"),
+    cache: Optional[Path] = typer.Option(None, "--cache", "-c", help="Tile cache of your map; default: a synthetic "
+                                         "world made here"),
+    camera_map: Optional[Path] = typer.Option(None, help="What the camera sees (another season/date of the map); "
+                                              "default: the cache's map"),
+    output: str = typer.Option("odometry", help="odometry (ExternalNav) or gps_input (GPS2_TYPE=14)"),
+    altitude: float = typer.Option(110.0, help="Flight height above home (m)"),
+    box: float = typer.Option(300.0, help="Side of the square flown (m)"),
+    speed: float = typer.Option(8.0, help="Speed along the box (m/s)"),
+    camera_cut: float = typer.Option(10.0, help="Seconds of camera cut on the second leg (0: none)"),
+    home: Optional[str] = typer.Option(None, help="LAT,LON,ALT_AMSL of home (default: the map's centre, 50 m)"),
+    sitl_defaults: Optional[list[Path]] = typer.Option(None, help="SITL parameter files (default: copter.parm of the "
+                                                       "binary's ArduPilot tree)"),
+    out: Path = typer.Option(Path("sitl_out"), "--out", "-o"),
+) -> None:
+    """A closed loop with ArduPilot SITL: take-off on GPS, switch to skyloc, GPS off, a box, a camera cut, land."""
+    from skyloc.onboard.config import DaemonConfig, MavlinkConfig
+    from skyloc.onboard.sitl import ARDUPILOT_PARAMS, SitlConfig, run_sitl
+    from skyloc.runtime.geo import GeoMap
+
+    if sitl_binary is None:
+        raise SkylocError("no SITL binary: pass --sitl build/sitl/bin/arducopter or set SKYLOC_SITL")
+    if output not in ARDUPILOT_PARAMS:
+        raise SkylocError(f"--output {output!r}: choose odometry or gps_input")
+    _logging("warning")
+    out.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        cfg = DaemonConfig.load(config)
+    else:
+        if model is None:
+            raise SkylocError("pass --config skyloc.yaml, or --model (and --cache) to fly with")
+        if cache is None:
+            cache, camera_map = _sitl_world(model, out, altitude)
+        cfg = DaemonConfig(model=str(model), cache=str(cache), source="sim://camera", max_fps=10,
+                           mavlink=MavlinkConfig(outputs=[output]))
+    mf = Path(cfg.cache) / "manifest.json"
+    if not mf.is_file():
+        raise SkylocError(f"{cfg.cache} has no manifest.json: not a tile cache (skyloc build-cache)")
+    map_path = Path(cfg.map or json.loads(mf.read_text())["source_map"])
+    gm = GeoMap(camera_map or map_path)
+    left, bottom, right, top = gm.bounds
+    if home:
+        vals = [float(v) for v in home.split(",")]
+        lat0, lon0, alt0 = vals[0], vals[1], vals[2] if len(vals) > 2 else 50.0
+    else:
+        lat0, lon0 = gm.geodesy.to_latlon((left + right) / 2 - box / 2, (bottom + top) / 2 - box / 2)
+        alt0 = 50.0
+    scfg = SitlConfig(binary=sitl_binary, out=out, home=(lat0, lon0, alt0, 0.0), output=output, altitude=altitude,
+                      box_m=box, speed=speed, camera_cut_s=camera_cut, defaults=list(sitl_defaults or []))
+    console.print(f"SITL {sitl_binary}, output {output}, home {lat0:.6f},{lon0:.6f}, box {box:.0f} m at "
+                  f"{altitude:.0f} m, {speed:.0f} m/s; parameters set: "
+                  + ", ".join(f"{k}={v}" for k, v in ARDUPILOT_PARAMS[output].items()))
+    rep = run_sitl(scfg, cfg, camera_map or map_path, progress=console.print)
+    console.print_json(json.dumps({k: v for k, v in rep.items() if k != "events"}, default=float))
+    console.print(f"wrote {out}/report.json, track.png, errors.png, frames-*.csv; autopilot log in {out}/sitl/logs")
+
+
+def _sitl_world(model: Path, out: Path, altitude: float):
+    """A synthetic world for the SITL loop: the cache's map in summer, the camera's in autumn."""
+    from skyloc.runtime.cache import build_cache
+    from skyloc.runtime.embedder import create_embedder
+    from skyloc.synth.world import generate, write_geotiff
+
+    world = out / "world"
+    summer = world / "map_summer.tif"
+    autumn = world / "camera_autumn.tif"
+    cache = world / "map.cache"
+    if not cache.is_dir():
+        write_geotiff(generate(2000, 0.5, seed=21, season="summer", lat=52.2, lon=0.12), summer)
+        write_geotiff(generate(2000, 0.5, seed=21, season="autumn", lat=52.2, lon=0.12), autumn)
+        emb = create_embedder(model, "auto")
+        build_cache(summer, emb, cache, [1.15 * altitude], overlap=0.75)
+    return cache, autumn
 
 
 @app.command()

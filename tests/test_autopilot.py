@@ -68,11 +68,13 @@ def test_odometry_as_ardupilot_wants_it_origin_first_and_a_reset_when_the_track_
     odo = peer.of("ODOMETRY")
     for m in odo:
         assert m.frame_id == 20 and m.child_frame_id == 12  # MAV_FRAME_LOCAL_FRD, MAV_FRAME_BODY_FRD
-        assert all(math.isfinite(v) for v in (m.x, m.y, m.z, m.vx, m.vy, m.vz))
+        assert all(math.isfinite(v) for v in (m.x, m.y, m.z))
+        # velocities only from a confirmed track (ArduPilot fuses them with VISO_VEL_M_NSE, NaN it drops)
+        assert all(math.isfinite(v) for v in (m.vx, m.vy)) == (m.quality >= 50)
         assert np.linalg.norm(m.q) == pytest.approx(1.0, abs=1e-4)
-        assert 0 < m.pose_covariance[0] < 1e3 and m.pose_covariance[11] <= 10.0  # z no longer drowns x and y
+        assert 0 < m.pose_covariance[0] < 1e3 and m.pose_covariance[11] == pytest.approx(m.pose_covariance[0])
     # ArduPilot's single position error from that covariance stays close to the horizontal accuracy
-    pos_err = [math.cbrt(m.pose_covariance[0] ** 2 + m.pose_covariance[6] ** 2 + m.pose_covariance[11] ** 2) for m in odo]
+    pos_err = [AutopilotPeer.ekf_inputs(m)[0] for m in odo]
     assert max(pos_err) < 30.0
     # steady >= 4 Hz while there is a track (the relocalization gap has no position to send)
     t = np.array([tt for tt, m in peer.messages if m.get_type() == "ODOMETRY"])
@@ -108,3 +110,111 @@ def test_a_frame_gets_the_attitude_of_its_own_time():
     assert yaw == pytest.approx(0.0) and roll == pytest.approx(0.1) and alt == pytest.approx(100.05)  # wraps at 360
     assert tel.at(0.15)[0] == pytest.approx(20.0)
     assert tel.at(-1.0)[0] == 350.0 and tel.at(9.0)[0] == 30.0  # outside: the nearest sample
+
+
+def _link_and_peer(outputs=("odometry", "gps_input"), **kw):
+    port = _free_port()
+    peer = AutopilotPeer(port, lambda: (30.0, 1.0, -2.0, 120.0, 0.0, 0.0)).start()  # stock: streams nothing unasked
+    link = MavlinkLink(f"udpout:127.0.0.1:{port}", outputs=outputs, odometry_rate_hz=10.0, heartbeat_timeout=2.0,
+                       **kw).start()
+    return peer, link
+
+
+def _ok(lat=47.4, lon=8.5, acc=2.0, source="registration"):
+    from skyloc.runtime.estimate import OK, Estimate
+
+    return Estimate(time.time(), OK, lat=lat, lon=lon, horizontal_accuracy=acc, confidence=0.9, vx=3.0, vy=4.0,
+                    source=source, odometry=True)
+
+
+def test_a_stock_autopilot_streams_nothing_until_the_link_asks_for_its_telemetry():
+    peer, link = _link_and_peer()
+    try:
+        end = time.time() + 6.0
+        while time.time() < end and link.telemetry.yaw_deg is None:
+            time.sleep(0.1)
+        assert link.telemetry.yaw_deg == pytest.approx(30.0) and link.telemetry.altitude_agl == pytest.approx(120.0)
+        asked = {int(m.param1) for m in peer.of("COMMAND_LONG") if m.command == 511}  # MAV_CMD_SET_MESSAGE_INTERVAL
+        assert {30, 33} <= asked  # ATTITUDE, GLOBAL_POSITION_INT
+        assert peer.of("REQUEST_DATA_STREAM")  # for firmware without SET_MESSAGE_INTERVAL
+        assert link.stats.autopilot == "ardupilot"
+        time.sleep(3.5)
+        assert link.stats.missing_streams == []
+    finally:
+        link.close()
+        peer.stop()
+    # without asking, nothing comes, and the link says which streams are missing
+    peer, link = _link_and_peer(request_streams=False)
+    try:
+        time.sleep(4.0)
+        assert link.telemetry.yaw_deg is None and "ATTITUDE" in link.stats.missing_streams
+    finally:
+        link.close()
+        peer.stop()
+
+
+def test_a_configured_origin_the_autopilot_confirms_still_gets_odometry():
+    peer, link = _link_and_peer(origin=(47.4, 8.5, 400.0))
+    try:
+        end = time.time() + 8.0
+        while time.time() < end and not (link.stats.origin_confirmed and link.telemetry.yaw_deg is not None):
+            link.publish(_ok())
+            time.sleep(0.1)
+        for _ in range(10):
+            link.publish(_ok())
+            time.sleep(0.1)
+    finally:
+        link.close()
+        peer.stop()
+    assert link.stats.origin_confirmed and peer.origin == pytest.approx((47.4, 8.5, 400.0))
+    odo = peer.of("ODOMETRY")
+    assert len(odo) >= 5 and abs(odo[-1].x) < 1.0 and abs(odo[-1].y) < 1.0  # at the origin
+
+
+def test_a_camera_outage_is_not_sent_as_a_fix():
+    from skyloc.runtime.estimate import LOW, NO_FRAME, Estimate
+
+    peer, link = _link_and_peer(origin=(47.4, 8.5, 400.0))
+    try:
+        end = time.time() + 8.0
+        while time.time() < end and not (link.stats.origin_confirmed and link.telemetry.yaw_deg is not None):
+            link.publish(_ok())
+            time.sleep(0.1)
+        for _ in range(10):
+            link.publish(_ok())
+            time.sleep(0.1)
+        cut = time.time()
+        for _ in range(30):  # the daemon publishes predictions while no frame comes
+            link.publish(Estimate(time.time(), LOW, lat=47.4, lon=8.5, horizontal_accuracy=8.0, confidence=0.3,
+                                  source=NO_FRAME))
+            time.sleep(0.1)
+        back = time.time()
+        for _ in range(10):
+            link.publish(_ok())
+            time.sleep(0.1)
+    finally:
+        link.close()
+        peer.stop()
+    with peer._lock:
+        odo = [(t, m) for t, m in peer.messages if m.get_type() == "ODOMETRY"]
+        gps = [(t, m) for t, m in peer.messages if m.get_type() == "GPS_INPUT"]
+    before = [m for t, m in odo if t < cut]
+    assert before and all(AutopilotPeer.ekf_inputs(m)[1] for m in before[-5:])  # fused with VISO_QUAL_MIN = 0
+    during = [(t - cut, m) for t, m in odo if cut + 0.7 < t < back]
+    # dead reckoning is marked failed (quality -1: not fused even with the default VISO_QUAL_MIN = 0) ...
+    assert during and all(m.quality == -1 and not AutopilotPeer.ekf_inputs(m)[1] for _, m in during)
+    # ... and stops after max_prediction_s, so the EKF sees the source time out
+    assert max(dt for dt, _ in during) < link.max_prediction_s + 0.3
+    assert all(m.fix_type == 0 for t, m in gps if cut + link.max_prediction_s + 0.3 < t < back)
+    after = [m for t, m in odo if t > back + 0.3]
+    assert after and after[-1].quality >= 50
+    texts = [m.text for m in peer.of("STATUSTEXT")]
+    assert texts  # state changes are announced
+
+
+def test_odometry_covariance_reads_as_the_horizontal_sigma_in_ardupilots_formula():
+    from skyloc.onboard.mavlink import ardupilot_pose_variances
+
+    for sigma in (0.5, 1.2, 3.0, 10.0):
+        vx, vy, vz = ardupilot_pose_variances(sigma, 2.0)
+        assert (vx ** 2 + vy ** 2 + vz ** 2) ** (1 / 3) == pytest.approx(sigma, rel=1e-6)

@@ -132,7 +132,10 @@ def test_missing_altitude_and_yaw_jumps(flight, heldout_cache, embedder):
     for i, (f, r) in enumerate(zip(frames, tel)):
         yaw = float(r["yaw"]) + (60.0 if 4 <= i < 8 else 0.0)
         out.append(loc.locate(f, 0.1 * i, yaw, float(r["alt"])))
-    assert any("telemetry yaw off" in e.message for e in out[4:8])
+    assert "telemetry yaw jumped by" in out[4].message
+    # the heading used stays the true one through the jump (the map and odometry carry it)
+    for e, r in zip(out[4:8], tel[4:8]):
+        assert abs((e.heading_deg - float(r["yaw"]) + 180) % 360 - 180) < 3.0
     x, y = cache.geodesy.from_latlon(float(tel[-1]["lat"]), float(tel[-1]["lon"]))
     assert math.hypot(out[-1].x - x, out[-1].y - y) < 3.0
 

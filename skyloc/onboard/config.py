@@ -17,6 +17,8 @@ class CameraConfig(_Strict):
     hfov_deg: float = Field(60.0, gt=1, lt=179, description="horizontal field of view of the camera")
     mount_yaw_deg: float = Field(0.0, description="camera yaw relative to the airframe's nose")
     pitch_deg: float = Field(0.0, ge=0, lt=60, description="camera tilt forward from nadir (gimbal setting)")
+    latency_ms: float = Field(0.0, ge=0, le=2000, description="exposure to arrival: a frame shows the scene this "
+                              "long before it arrives, and gets the attitude of that moment")
 
 
 class LocalizerSettings(_Strict):
@@ -26,7 +28,15 @@ class LocalizerSettings(_Strict):
                              "(GPS_RAW_INT, 3D) while skyloc has no track of its own")
     registration_interval_s: float = Field(0.5, gt=0, description="map registration rate while tracking")
     attitude_sigma_deg: float = Field(0.5, ge=0, description="attitude and timing error of the telemetry")
-    altitude_range_m: Optional[tuple[float, float]] = Field(None, description="altitudes to try without telemetry")
+    altitude_range_m: Optional[tuple[float, float]] = Field(None, description="heights to search without altitude "
+                                                            "telemetry (default 30-1200 m)")
+    dem: Optional[str] = Field(None, description="elevation model GeoTIFF (any CRS): altitude above home -> height "
+                               "above the ground under the camera")
+    home_elevation_m: Optional[float] = Field(None, description="elevation of the take-off point, in the DEM's "
+                                              "datum (default: the DEM at the start position)")
+    compass_sigma_deg: float = Field(10.0, gt=0, le=180, description="how far off the compass may be before the map "
+                                     "has measured it (1-sigma)")
+    compass_warn_deg: float = Field(10.0, gt=0, description="STATUSTEXT when the compass disagrees with the map by more")
     top_k: int = Field(10, ge=1, description="retrieval candidates during relocalization")
     faiss: bool = False
 
@@ -40,6 +50,12 @@ class MavlinkConfig(_Strict):
     system_id: int = Field(1, ge=1, le=255)
     component_id: int = Field(191, ge=1, le=255)
     signing_key: Optional[str] = Field(None, description="hex or passphrase for MAVLink 2 signing")
+    gps_id: int = Field(0, ge=0, le=1, description="GPS_INPUT's GPS slot: 0 for GPS1_TYPE=14, 1 for GPS2_TYPE=14 "
+                        "(the real GPS stays GPS1)")
+    request_streams: bool = Field(True, description="ask the autopilot for ATTITUDE, GLOBAL_POSITION_INT, GPS_RAW_INT "
+                                  "and DISTANCE_SENSOR (a stock autopilot streams nothing to a new link)")
+    send_heading: bool = Field(False, description="ODOMETRY carries skyloc's own heading while it is measured well "
+                               "(ArduPilot EK3_SRCn_YAW = 6, compass-free flight); else ATTITUDE's yaw")
     origin: Optional[tuple[float, float, float]] = Field(
         None, description="lat, lon, alt (m AMSL) of the EKF origin sent with SET_GPS_GLOBAL_ORIGIN "
         "(default: the first ok fix; an origin the autopilot already has wins)")
@@ -77,6 +93,8 @@ class DaemonConfig(_Strict):
             v = getattr(cfg, name)
             if v and "://" not in v and not Path(v).is_absolute():
                 setattr(cfg, name, str(base / v))
+        if cfg.localizer.dem and not Path(cfg.localizer.dem).is_absolute():
+            cfg.localizer.dem = str(base / cfg.localizer.dem)
         if "://" not in cfg.source and not Path(cfg.source).is_absolute():
             cfg.source = str(base / cfg.source)
         if not Path(cfg.log.dir).is_absolute():

@@ -21,6 +21,7 @@ from skyloc.onboard.config import DaemonConfig
 from skyloc.runtime.embedder import create_embedder
 from skyloc.onboard.sources import LatestFrame
 from skyloc.runtime.estimate import NO_FIX, Estimate
+from skyloc.runtime.bias import BiasConfig
 from skyloc.runtime.localizer import Localizer, LocalizerConfig
 from skyloc.runtime.relocalization import RelocalizationConfig
 
@@ -40,6 +41,7 @@ class Daemon:
         self.errors = 0
         self.last: Estimate | None = None
         self.state = "starting"
+        self._camera_lost = False
         log.info("loading model %s (backend %s)", cfg.model, cfg.backend)
         self.embedder = create_embedder(cfg.model, cfg.backend, engine_cache=cfg.engine_cache, precision=cfg.precision)
         self.cache = TileCache.load(cfg.cache, self.embedder.meta)
@@ -49,6 +51,8 @@ class Daemon:
             LocalizerConfig(hfov_deg=cfg.camera.hfov_deg, camera_pitch_deg=cfg.camera.pitch_deg,
                             registration_interval_s=ls.registration_interval_s,
                             attitude_sigma_deg=ls.attitude_sigma_deg, altitude_range_m=ls.altitude_range_m,
+                            dem=ls.dem, home_elevation_m=ls.home_elevation_m,
+                            bias=BiasConfig(compass_sigma_deg=ls.compass_sigma_deg),
                             relocalization=RelocalizationConfig(top_k=ls.top_k)),
             map_path=cfg.map, use_faiss=ls.faiss, map_nodata=cfg.map_nodata, start=ls.start)
         self.link = None
@@ -60,7 +64,12 @@ class Daemon:
             if m.signing_key:
                 key = bytes.fromhex(m.signing_key) if _is_hex32(m.signing_key) else hashlib.sha256(m.signing_key.encode()).digest()
             self.link = MavlinkLink(m.url, m.outputs, m.gps_rate_hz, m.system_id, m.component_id, m.origin, key,
-                                    baud=m.baud, odometry_rate_hz=m.odometry_rate_hz).start()
+                                    baud=m.baud, odometry_rate_hz=m.odometry_rate_hz,
+                                    request_streams=m.request_streams, send_heading=m.send_heading,
+                                    gps_id=m.gps_id)
+            self.link.mount_yaw_deg = cfg.camera.mount_yaw_deg
+            self.link.compass_warn_deg = ls.compass_warn_deg
+            self.link.start()
         self.log_dir = Path(cfg.log.dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._csv_file = None
@@ -69,7 +78,8 @@ class Daemon:
             self._csv_file = open(path, "w", newline="")
             self._csv = csv.writer(self._csv_file)
             self._csv.writerow(["wall_time", "frame_time", "frame", "status", "lat", "lon", "accuracy_m", "confidence",
-                                "source", "yaw", "alt", "latency_ms", "message"])
+                                "source", "yaw", "alt", "heading", "heading_sigma", "height", "yaw_bias",
+                                "height_scale", "latency_ms", "message"])
 
     def install_signal_handlers(self) -> None:
         def handler(signum, _frame):
@@ -87,9 +97,12 @@ class Daemon:
             "estimate": None if e is None else {"status": e.status, "lat": e.lat if e.has_position else None,
                                                 "lon": e.lon if e.has_position else None,
                                                 "accuracy_m": e.horizontal_accuracy if e.has_position else None,
-                                                "confidence": e.confidence, "latency_ms": e.latency_ms.get("total")},
+                                                "confidence": e.confidence, "latency_ms": e.latency_ms.get("total"),
+                                                **_bias_fields(e)},
             "mavlink": None if self.link is None else {"autopilot_alive": self.link.stats.autopilot_alive,
+                                                       "autopilot": self.link.stats.autopilot,
                                                        "sent": self.link.stats.sent,
+                                                       "missing_streams": self.link.stats.missing_streams,
                                                        "link_losses": self.link.stats.link_losses},
         }
         p = Path(self.cfg.status_file)
@@ -113,18 +126,32 @@ class Daemon:
                         log.info("source %s ended", self.cfg.source)
                         self.state = "source ended"
                         break
+                    if not self._camera_lost:
+                        self._camera_lost = True
+                        log.warning("no camera frame for 1 s: outputs stop carrying a position")
+                        if self.link is not None:
+                            self.link.statustext("skyloc: camera lost", 4)
                     self._publish(self.localizer.predict(time.time(), "no camera frame"), None, None)
                     self.write_status(camera)
                     continue
                 self.frames += 1
                 now = time.time()
-                shot = frame.arrival or now  # the time the frame shows (it may have waited in the queue)
+                if self._camera_lost:
+                    self._camera_lost = False
+                    log.info("camera frames again")
+                    if self.link is not None:
+                        self.link.statustext("skyloc: camera back", 6)
+                # the time the frame shows: it may have waited in the queue, and the camera's own
+                # pipeline (exposure, readout, encoding) takes latency_ms before it arrives
+                shot = frame.capture or (frame.arrival or now) - self.cfg.camera.latency_ms / 1000.0
                 tel = self.link.telemetry if self.link else None
                 if tel is not None and now - tel.updated > self.telemetry_timeout_s:
                     tel = None  # the autopilot stopped streaming: stale attitude is no attitude
-                yaw = roll = pitch = alt = None
+                yaw = roll = pitch = alt = rng = None
                 if tel is not None:
                     yaw, roll, pitch, alt = tel.at(shot)
+                    if tel.range_m is not None and now - tel.range_time < self.telemetry_timeout_s:
+                        rng = tel.range_m
                     if yaw is not None:
                         yaw = (yaw + self.cfg.camera.mount_yaw_deg) % 360
                 self._gnss_prior(now)
@@ -132,7 +159,8 @@ class Daemon:
                     est = self.localizer.predict(shot, "corrupt frame")
                 else:
                     try:
-                        est = self.localizer.locate(frame.image, shot, yaw, alt, roll_deg=roll, vehicle_pitch_deg=pitch)
+                        est = self.localizer.locate(frame.image, shot, yaw, alt, roll_deg=roll, vehicle_pitch_deg=pitch,
+                                                    range_m=rng)
                     except Exception as exc:  # one bad frame must not stop the daemon
                         self.errors += 1
                         log.error("frame %d failed: %s", frame.index, exc)
@@ -180,8 +208,17 @@ class Daemon:
             self._csv.writerow([f"{time.time():.3f}", f"{est.time:.3f}", self.frames, est.status, f"{est.lat:.8f}",
                                 f"{est.lon:.8f}", f"{est.horizontal_accuracy:.1f}", f"{est.confidence:.3f}", est.source,
                                 "" if yaw is None else f"{yaw:.1f}", "" if alt is None else f"{alt:.1f}",
+                                *(f"{v:.3f}" if v is not None else "" for v in _bias_fields(est).values()),
                                 f"{est.latency_ms.get('total', math.nan):.1f}", est.message])
             self._csv_file.flush()
+
+
+def _bias_fields(e: Estimate) -> dict:
+    """What the localizer learned of the camera: heading and height used, compass error, height scale."""
+    def num(v):
+        return float(v) if v is not None and math.isfinite(v) else None
+    return {"heading_deg": num(e.heading_deg), "heading_sigma_deg": num(e.heading_sigma_deg),
+            "height_m": num(e.height_m), "yaw_bias_deg": num(e.yaw_bias_deg), "height_scale": num(e.height_scale)}
 
 
 def _is_hex32(s: str) -> bool:

@@ -13,6 +13,12 @@ estimate with the filter's velocity and an honestly growing uncertainty:
 The EKF origin: without GNSS the autopilot's EKF cannot start until one is set, so
 SET_GPS_GLOBAL_ORIGIN (from `origin`, else the first ok fix) is sent, and re-sent every second
 until the autopilot answers with GPS_GLOBAL_ORIGIN; an origin the autopilot reports is adopted.
+Telemetry in: a stock autopilot streams nothing on a new link, so the link asks for what the
+localizer needs (SET_MESSAGE_INTERVAL, and REQUEST_DATA_STREAM for old firmware) once it hears
+the autopilot, and asks again while it does not come (`missing_streams` says which).
+Outputs carry a position only while frames come: predictions made without a frame (a camera
+outage) do not refresh them, so after `max_prediction_s` ODOMETRY stops and GPS_INPUT says no
+fix; in between ODOMETRY's quality is -1, which ArduPilot never fuses (VISO_QUAL_MIN >= 0).
 STATUSTEXT reports state changes. Only the sender thread writes to the link.
 """
 from __future__ import annotations
@@ -28,7 +34,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from skyloc.errors import SkylocError
-from skyloc.runtime.estimate import NO_FIX, OK, Estimate
+from skyloc.runtime.estimate import NO_FIX, NO_FRAME, OK, Estimate
 from skyloc.runtime.geo import Geodesy, utm_crs_for
 
 os.environ.setdefault("MAVLINK20", "1")
@@ -45,6 +51,22 @@ GPS_IGNORE_FLAGS = (M.GPS_INPUT_IGNORE_FLAG_ALT | M.GPS_INPUT_IGNORE_FLAG_VDOP |
                     | M.GPS_INPUT_IGNORE_FLAG_VERTICAL_ACCURACY)
 Z_SIGMA = 2.0  # m, 1-sigma of the altitude put in ODOMETRY's z (baro-like; the EKF should take z from baro)
 ATT_SIGMA = math.radians(2.0)  # attitude passed through from ATTITUDE
+# What the localizer needs from the autopilot, and the rate asked for (Hz)
+STREAMS = {"ATTITUDE": 50.0, "GLOBAL_POSITION_INT": 10.0, "GPS_RAW_INT": 5.0, "DISTANCE_SENSOR": 10.0}
+# The same through the old REQUEST_DATA_STREAM groups (firmware without SET_MESSAGE_INTERVAL)
+DATA_STREAMS = {M.MAV_DATA_STREAM_EXTRA1: 50, M.MAV_DATA_STREAM_POSITION: 10, M.MAV_DATA_STREAM_EXTENDED_STATUS: 5,
+                M.MAV_DATA_STREAM_EXTRA3: 10}
+REQUIRED_STREAMS = ("ATTITUDE", "GLOBAL_POSITION_INT")  # without these the localizer has no attitude/altitude
+
+
+def ardupilot_pose_variances(sigma_h: float, sigma_z: float) -> tuple[float, float, float]:
+    """(var_x, var_y, var_z) for ArduPilot's ODOMETRY receiver, which folds the three into one
+    error as cbrt(var_x^2 + var_y^2 + var_z^2) (GCS_MAVLINK::handle_odometry): three equal values
+    v = sqrt(sigma_h^3 / 3) make that error the horizontal 1-sigma per axis, so neither the
+    height (which ArduPilot takes from the baro) nor the formula's units inflate it."""
+    del sigma_z  # ArduPilot does not fuse ExternalNav height with EK3_SRCn_POSZ = baro
+    v = math.sqrt(max(sigma_h, 1e-3) ** 3 / 3.0)
+    return v, v, v
 
 
 def gps_time(unix_s: float) -> tuple[int, int]:
@@ -76,6 +98,8 @@ class Telemetry:
     lon: float | None = None
     gnss: tuple[float, float, float, int] | None = None  # GPS_RAW_INT: lat, lon, accuracy (m), fix_type
     gnss_time: float = 0.0
+    range_m: float | None = None  # DISTANCE_SENSOR facing down (m)
+    range_time: float = 0.0
     ekf_origin: tuple[float, float, float] | None = None  # GPS_GLOBAL_ORIGIN: lat, lon, alt (m AMSL)
     autopilot_system: int = 1
     updated: float = 0.0
@@ -111,13 +135,21 @@ class LinkStats:
     autopilot_alive: bool = False
     link_losses: int = 0
     origin_confirmed: bool = False
+    autopilot: str = ""  # ardupilot | px4 | other, from its HEARTBEAT
+    stream_requests: int = 0  # rounds of SET_MESSAGE_INTERVAL / REQUEST_DATA_STREAM sent
+    missing_streams: list = field(default_factory=lambda: list(REQUIRED_STREAMS))
 
 
 class MavlinkLink:
+    compass_warn_deg = 10.0  # STATUSTEXT when the compass disagrees with the map by more than this
+    fresh_s = 0.5  # an estimate older than this (no frame since) is dead reckoning: ODOMETRY quality -1
+    mount_yaw_deg = 0.0  # camera heading relative to the nose (send_heading turns it back)
+
     def __init__(self, url: str, outputs=("gps_input",), gps_rate_hz: float = 10.0, system_id: int = 1,
                  component_id: int = M.MAV_COMP_ID_ONBOARD_COMPUTER, origin: tuple | None = None,
                  signing_key: bytes | None = None, heartbeat_timeout: float = 3.0, max_prediction_s: float = 2.0,
-                 accel: float = 3.0, baud: int = 921600, odometry_rate_hz: float = 10.0):
+                 accel: float = 3.0, baud: int = 921600, odometry_rate_hz: float = 10.0,
+                 request_streams: bool = True, send_heading: bool = False, gps_id: int = 0):
         bad = [o for o in outputs if o not in OUTPUTS]
         if bad:
             raise SkylocError(f"unknown MAVLink output {bad[0]!r}; choose from {', '.join(OUTPUTS)}")
@@ -131,9 +163,18 @@ class MavlinkLink:
         self.system_id, self.component_id, self.baud = system_id, component_id, baud
         self.signing_key, self.heartbeat_timeout = signing_key, heartbeat_timeout
         self.max_prediction_s, self.accel = max_prediction_s, accel
-        self.origin: tuple[float, float, float] | None = tuple(origin) if origin else None  # lat, lon, alt AMSL
+        self.request_streams, self.send_heading, self.gps_id = request_streams, send_heading, gps_id
+        self.origin: tuple[float, float, float] | None = None  # lat, lon, alt AMSL
         self._ned: Geodesy | None = None
         self._origin_xy = (0.0, 0.0)
+        if origin:
+            self._set_origin(tuple(origin))
+        self._latest_frame_wall = 0.0  # when the newest estimate made from a frame arrived
+        self._last_request = -math.inf
+        self._stream_seen: dict[str, float] = {}
+        self._compass_warned = False
+        self._boot_offset: float | None = None
+        self._boot_last = -math.inf
         self.telemetry = Telemetry()
         self.stats = LinkStats()
         self._latest: Estimate | None = None
@@ -219,16 +260,24 @@ class MavlinkLink:
         if kind == "BAD_DATA":
             return
         self.stats.received[kind] = self.stats.received.get(kind, 0) + 1
+        self._stream_seen[kind] = now
         t = self.telemetry
         if kind == "HEARTBEAT":
             if msg.autopilot != M.MAV_AUTOPILOT_INVALID:
                 self._last_heartbeat_rx = now
                 t.autopilot_system = msg.get_srcSystem()
+                self.stats.autopilot = {M.MAV_AUTOPILOT_ARDUPILOTMEGA: "ardupilot",
+                                        M.MAV_AUTOPILOT_PX4: "px4"}.get(msg.autopilot, "other")
+        elif kind == "DISTANCE_SENSOR":
+            if msg.orientation == M.MAV_SENSOR_ROTATION_PITCH_270 and msg.min_distance <= msg.current_distance \
+                    <= msg.max_distance:
+                t.range_m, t.range_time = msg.current_distance / 100.0, now
         elif kind == "ATTITUDE":
             t.yaw_deg = math.degrees(msg.yaw) % 360.0
             t.roll_deg, t.pitch_deg = math.degrees(msg.roll), math.degrees(msg.pitch)
             t.updated = now
-            t.history.append((now, t.yaw_deg, t.roll_deg, t.pitch_deg, t.altitude_agl))
+            t.history.append((self._autopilot_time(msg.time_boot_ms, now), t.yaw_deg, t.roll_deg, t.pitch_deg,
+                              t.altitude_agl))
         elif kind == "GLOBAL_POSITION_INT":
             t.altitude_agl = msg.relative_alt / 1000.0
             t.altitude_amsl = msg.alt / 1000.0
@@ -246,15 +295,32 @@ class MavlinkLink:
             origin = (msg.latitude / 1e7, msg.longitude / 1e7, msg.altitude / 1000.0)
             with self._lock:
                 t.ekf_origin = origin
-                if self.origin is None or math.hypot(origin[0] - self.origin[0], origin[1] - self.origin[1]) > 1e-7:
+                if self._ned is None or self.origin is None or \
+                        math.hypot(origin[0] - self.origin[0], origin[1] - self.origin[1]) > 1e-7:
                     log.info("the autopilot's EKF origin is %.7f, %.7f: local positions are relative to it", *origin[:2])
                     self._set_origin(origin)
                 self.stats.origin_confirmed = True
 
+    def _autopilot_time(self, boot_ms: int, now: float) -> float:
+        """When the autopilot measured a sample, on this clock: its own time_boot_ms plus the
+        smallest link delay seen (receive times alone carry the link's and this process's delays,
+        tens of ms on a busy companion: in a fast turn that is a heading error)."""
+        boot = boot_ms / 1000.0
+        d = now - boot
+        last = self._boot_last
+        self._boot_last = boot
+        if self._boot_offset is None or boot < last - 1.0:  # first sample, or the autopilot rebooted
+            self._boot_offset = d
+        elif d < self._boot_offset:
+            self._boot_offset = d
+        else:  # let the offset follow a slow clock drift (100 ppm)
+            self._boot_offset += min(d - self._boot_offset, 1e-4 * max(0.0, boot - last))
+        return boot + self._boot_offset
+
     # -- transmit -------------------------------------------------------------------------------
     def _tx_loop(self) -> None:
         """One steady clock per output; event messages from other threads go out in between."""
-        clocks = {"heartbeat": 1.0, "origin": 1.0}
+        clocks = {"heartbeat": 1.0, "origin": 1.0, "streams": 1.0}
         if "gps_input" in self.outputs:
             clocks["gps_input"] = 1.0 / self.gps_rate_hz
         for o in ("odometry", "vision_position"):
@@ -285,10 +351,38 @@ class MavlinkLink:
         self._send("HEARTBEAT", self.conn.mav.heartbeat_send, M.MAV_TYPE_ONBOARD_CONTROLLER, M.MAV_AUTOPILOT_INVALID,
                    0, 0, M.MAV_STATE_ACTIVE)
 
+    def _tick_streams(self, now: float) -> None:
+        """Ask for the telemetry the localizer needs once the autopilot is heard, and again every
+        5 s while some of it does not arrive (a stock autopilot streams nothing to a new link)."""
+        missing = [k for k in STREAMS if now - self._stream_seen.get(k, -math.inf) > 3.0]
+        self.stats.missing_streams = [k for k in missing if k in REQUIRED_STREAMS]
+        if not self.request_streams or not self.stats.autopilot_alive or not missing:
+            return
+        if now - self._last_request < 5.0:
+            return
+        self._last_request = now
+        self.stats.stream_requests += 1
+        target = self.telemetry.autopilot_system
+        for name in missing:
+            msg_id = getattr(M, f"MAVLINK_MSG_ID_{name}")
+            self._send("COMMAND_LONG", self.conn.mav.command_long_send, target, 1, M.MAV_CMD_SET_MESSAGE_INTERVAL, 0,
+                       msg_id, 1e6 / STREAMS[name], 0, 0, 0, 0, 0)
+        for stream, hz in DATA_STREAMS.items():  # firmware without SET_MESSAGE_INTERVAL
+            self._send("REQUEST_DATA_STREAM", self.conn.mav.request_data_stream_send, target, 1, stream, hz, 1)
+        if self.stats.stream_requests == 1 or self.stats.stream_requests % 6 == 0:
+            log.info("asked the autopilot for %s", ", ".join(missing))
+        if self.stats.stream_requests == 3 and self.stats.missing_streams:
+            log.warning("the autopilot does not send %s: check SRn_* stream rates or the link",
+                        ", ".join(self.stats.missing_streams))
+            self.statustext(f"skyloc: no {self.stats.missing_streams[0]} from autopilot", M.MAV_SEVERITY_WARNING)
+
     def _tick_origin(self, now: float) -> None:
         """SET_GPS_GLOBAL_ORIGIN until the autopilot confirms it (only outputs in local NED need it)."""
         if self.stats.origin_confirmed or not any(o in self.outputs for o in ("odometry", "vision_position")):
             return
+        if self.stats.autopilot_alive:  # an autopilot with GNSS has its origin already: ask for it
+            self._send("COMMAND_LONG", self.conn.mav.command_long_send, self.telemetry.autopilot_system, 1,
+                       M.MAV_CMD_REQUEST_MESSAGE, 0, M.MAVLINK_MSG_ID_GPS_GLOBAL_ORIGIN, 0, 0, 0, 0, 0, 0)
         with self._lock:
             origin = self.origin
         if origin is None:
@@ -332,7 +426,14 @@ class MavlinkLink:
     def publish(self, est: Estimate) -> None:
         """Hand a new estimate to the link: the clocked outputs predict from it until the next."""
         with self._lock:
-            self._latest, self._latest_wall = est, time.time()
+            now = time.time()
+            if est.source == NO_FRAME and self._latest is not None \
+                    and self._latest.has_position and est.has_position:
+                pass  # no frame behind it (a camera outage): the outputs keep predicting from the last
+                # estimate that had one, so its age grows and they say so and stop in time
+            else:
+                self._latest, self._latest_wall = est, now
+                self._latest_frame_wall = now
             if est.status == OK and self.origin is None and est.has_position:
                 alt = self.telemetry.altitude_amsl
                 agl = self.telemetry.altitude_agl
@@ -343,6 +444,15 @@ class MavlinkLink:
                 self._reset_counter = (self._reset_counter + 1) % 256  # the track restarted: a position jump
             if est.has_position:
                 self._track_id = est.track_id
+        bias = getattr(est, "yaw_bias_deg", math.nan)
+        if math.isfinite(bias) and est.status == OK:
+            if abs(bias) > self.compass_warn_deg and not self._compass_warned:
+                self._compass_warned = True
+                self.statustext(f"skyloc: compass off by {-bias:+.0f} deg vs map", M.MAV_SEVERITY_WARNING)
+            elif abs(bias) < 0.7 * self.compass_warn_deg:
+                self._compass_warned = False
+        self._boot_offset: float | None = None
+        self._boot_last = -math.inf
         if est.status != self._last_status:
             text = {OK: "skyloc: fix OK", NO_FIX: "skyloc: no fix"}.get(est.status, "skyloc: fix degraded")
             sev = M.MAV_SEVERITY_INFO if est.status == OK else M.MAV_SEVERITY_WARNING
@@ -378,7 +488,7 @@ class MavlinkLink:
     def gps_input_fields(self, now: float) -> dict:
         """GPS_INPUT contents at wall time `now`: the last fix predicted forward, honestly degraded."""
         week, week_ms = gps_time(now)
-        f = dict(time_usec=int(now * 1e6), gps_id=0, ignore_flags=GPS_IGNORE_FLAGS, time_week_ms=week_ms,
+        f = dict(time_usec=int(now * 1e6), gps_id=self.gps_id, ignore_flags=GPS_IGNORE_FLAGS, time_week_ms=week_ms,
                  time_week=week, fix_type=0, lat=0, lon=0, alt=0.0, hdop=99.99, vdop=99.99, vn=0.0, ve=0.0, vd=0.0,
                  speed_accuracy=99.0, horiz_accuracy=9999.0, vert_accuracy=0.0, satellites_visible=0, yaw=0)
         p = self._predicted(now)
@@ -416,20 +526,33 @@ class MavlinkLink:
                     self._reset_counter = (self._reset_counter + 1) % 256
             self._last_sent_ne = (north, east, sigma)
             reset = self._reset_counter
-        roll, pitch, yaw = (math.radians(v or 0.0) for v in (t.roll_deg, t.pitch_deg, t.yaw_deg))
+        yaw_deg = t.yaw_deg
+        if self.send_heading and math.isfinite(getattr(est, "heading_sigma_deg", math.nan)) \
+                and est.heading_sigma_deg < 3.0 and est.status == OK:
+            yaw_deg = (est.heading_deg - self.mount_yaw_deg) % 360  # the map's heading (EK3_SRCn_YAW = 6)
+        roll, pitch, yaw = (math.radians(v or 0.0) for v in (t.roll_deg, t.pitch_deg, yaw_deg))
         q = euler_to_quaternion(roll, pitch, yaw)
         cy, sy = math.cos(yaw), math.sin(yaw)  # NED velocity into the body frame (level flight)
         vfwd, vright = est.vy * cy + est.vx * sy, -est.vy * sy + est.vx * cy
         pose_cov = [0.0] * 21
-        pose_cov[0] = pose_cov[6] = var  # x, y
-        pose_cov[11] = Z_SIGMA**2  # z
+        if self.stats.autopilot == "ardupilot":
+            pose_cov[0], pose_cov[6], pose_cov[11] = ardupilot_pose_variances(sigma, Z_SIGMA)
+        else:  # PX4 and others read the diagonal as variances
+            pose_cov[0] = pose_cov[6] = var  # x, y
+            pose_cov[11] = Z_SIGMA**2  # z
         pose_cov[15] = pose_cov[18] = pose_cov[20] = ATT_SIGMA**2  # roll, pitch, yaw
         vel_var = (1.0 + 2.0 * age) ** 2
         vel_cov = [0.0] * 21
         vel_cov[0] = vel_cov[6] = vel_var
         vel_cov[11] = 4.0  # no vertical velocity is measured: 0 +- 2 m/s
         vel_cov[15] = vel_cov[18] = vel_cov[20] = 1.0
-        if est.status == OK and age <= 0.5:
+        if age > self.fresh_s or est.status != OK:
+            # ArduPilot fuses ODOMETRY velocities with VISO_VEL_M_NSE whatever covariance comes with
+            # them, and drops NaN ones: only a confirmed track's velocity goes out
+            vfwd = vright = float("nan")
+        if age > self.fresh_s:
+            quality = -1  # dead reckoning without frames: "failed", never fused by ArduPilot
+        elif est.status == OK:
             quality = int(max(50, min(100, round(100 * est.confidence))))
         else:
             quality = int(max(1, min(49, round(50 * est.confidence))))

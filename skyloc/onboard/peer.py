@@ -1,8 +1,11 @@
 """A pymavlink endpoint that plays the autopilot, for tests, the soak benchmark and bench set-ups.
 
-It behaves as ArduPilot does towards a companion computer: heartbeats, ATTITUDE and
-GLOBAL_POSITION_INT streams (from a callback that knows the vehicle's state), an EKF origin that
-can be set once with SET_GPS_GLOBAL_ORIGIN and is then reported with GPS_GLOBAL_ORIGIN. It records
+It behaves as ArduPilot does towards a companion computer (as SITL showed): heartbeats; no
+telemetry on a new link until it is asked for (SET_MESSAGE_INTERVAL, answered with COMMAND_ACK,
+or REQUEST_DATA_STREAM), then ATTITUDE and GLOBAL_POSITION_INT at the rate asked (from a callback
+that knows the vehicle's state); an EKF origin that can be set once with SET_GPS_GLOBAL_ORIGIN and
+is then reported with GPS_GLOBAL_ORIGIN; ODOMETRY read as ArduPilot reads it (`ekf_inputs`: one
+position error cbrt(var_x^2 + var_y^2 + var_z^2), quality against VISO_QUAL_MIN). It records
 everything skyloc sends, with arrival times, so cadence and order can be checked.
 """
 from __future__ import annotations
@@ -27,11 +30,15 @@ class AutopilotPeer:
     (yaw_deg, roll_deg, pitch_deg, alt_agl_m, lat, lon) for the telemetry it streams."""
 
     def __init__(self, port: int, state: Callable[[], tuple] | None = None, rate_hz: float = 10.0,
-                 host: str = "127.0.0.1", keep: set[str] | None = None):
+                 host: str = "127.0.0.1", keep: set[str] | None = None, stock: bool = True):
+        """stock=True: streams nothing until asked, as a stock ArduPilot; False: streams at rate_hz."""
         self.port, self.host, self.rate_hz = port, host, rate_hz
+        self.intervals: dict[int, float] = {} if stock else {M.MAVLINK_MSG_ID_ATTITUDE: 1.0 / rate_hz,
+                                                              M.MAVLINK_MSG_ID_GLOBAL_POSITION_INT: 1.0 / rate_hz}
+        self._due: dict[int, float] = {}
         self.state = state or (lambda: (0.0, 0.0, 0.0, 100.0, 0.0, 0.0))
         self.keep = keep or {"ODOMETRY", "GPS_INPUT", "SET_GPS_GLOBAL_ORIGIN", "VISION_POSITION_ESTIMATE",
-                             "GLOBAL_POSITION_SENSOR", "STATUSTEXT"}
+                             "GLOBAL_POSITION_SENSOR", "STATUSTEXT", "COMMAND_LONG", "REQUEST_DATA_STREAM"}
         self.times: dict[str, list[float]] = defaultdict(list)
         self.messages: list[tuple[float, object]] = []
         self.origin: tuple[float, float, float] | None = None
@@ -58,19 +65,62 @@ class AutopilotPeer:
             self.conn = None
 
     def _stream(self, now: float) -> None:
+        """Telemetry that is due (only what was asked for)."""
+        if not self.telemetry_on:
+            return
+        due = [i for i, period in self.intervals.items() if period > 0 and now >= self._due.get(i, 0.0)]
+        if not due:
+            return
         yaw, roll, pitch, alt, lat, lon = self.state()
         boot = int((now % 1e5) * 1000)
-        self.conn.mav.heartbeat_send(M.MAV_TYPE_QUADROTOR, M.MAV_AUTOPILOT_ARDUPILOTMEGA, 0, 0, M.MAV_STATE_ACTIVE)
-        if self.telemetry_on:
-            self.conn.mav.attitude_send(boot, math.radians(roll), math.radians(pitch),
-                                        math.radians(((yaw + 180) % 360) - 180), 0.0, 0.0, 0.0)
-            self.conn.mav.global_position_int_send(boot, int(lat * 1e7), int(lon * 1e7), int((alt + 400) * 1000),
-                                                   int(alt * 1000), 0, 0, 0, int(yaw * 100) % 36000)
+        for i in due:
+            self._due[i] = max(self._due.get(i, 0.0) + self.intervals[i], now)
+            if i == M.MAVLINK_MSG_ID_ATTITUDE:
+                self.conn.mav.attitude_send(boot, math.radians(roll), math.radians(pitch),
+                                            math.radians(((yaw + 180) % 360) - 180), 0.0, 0.0, 0.0)
+            elif i == M.MAVLINK_MSG_ID_GLOBAL_POSITION_INT:
+                self.conn.mav.global_position_int_send(boot, int(lat * 1e7), int(lon * 1e7),
+                                                       int((alt + 400) * 1000), int(alt * 1000), 0, 0, 0,
+                                                       int(yaw * 100) % 36000)
+
+    def _request(self, msg) -> None:
+        """SET_MESSAGE_INTERVAL and REQUEST_DATA_STREAM, as ArduPilot answers them."""
+        kind = msg.get_type()
+        if kind == "COMMAND_LONG" and msg.command == M.MAV_CMD_SET_MESSAGE_INTERVAL:
+            msg_id, us = int(msg.param1), float(msg.param2)
+            known = msg_id in (M.MAVLINK_MSG_ID_ATTITUDE, M.MAVLINK_MSG_ID_GLOBAL_POSITION_INT,
+                               M.MAVLINK_MSG_ID_GPS_RAW_INT, M.MAVLINK_MSG_ID_DISTANCE_SENSOR)
+            if known:
+                self.intervals[msg_id] = 0.0 if us < 0 else (us / 1e6 if us > 0 else 1.0 / self.rate_hz)
+            self.conn.mav.command_ack_send(M.MAV_CMD_SET_MESSAGE_INTERVAL,
+                                           M.MAV_RESULT_ACCEPTED if known else M.MAV_RESULT_FAILED)
+        elif kind == "COMMAND_LONG" and msg.command == M.MAV_CMD_REQUEST_MESSAGE:
+            if int(msg.param1) == M.MAVLINK_MSG_ID_GPS_GLOBAL_ORIGIN and self.origin is not None:
+                self.conn.mav.gps_global_origin_send(int(self.origin[0] * 1e7), int(self.origin[1] * 1e7),
+                                                     int(self.origin[2] * 1000), int(time.time() * 1e6))
+            self.conn.mav.command_ack_send(M.MAV_CMD_REQUEST_MESSAGE, M.MAV_RESULT_ACCEPTED
+                                           if self.origin is not None else M.MAV_RESULT_FAILED)
+        elif kind == "REQUEST_DATA_STREAM" and msg.start_stop:
+            rate = max(1, msg.req_message_rate)
+            if msg.req_stream_id in (M.MAV_DATA_STREAM_EXTRA1, M.MAV_DATA_STREAM_ALL):
+                self.intervals.setdefault(M.MAVLINK_MSG_ID_ATTITUDE, 1.0 / rate)
+            if msg.req_stream_id in (M.MAV_DATA_STREAM_POSITION, M.MAV_DATA_STREAM_ALL):
+                self.intervals.setdefault(M.MAVLINK_MSG_ID_GLOBAL_POSITION_INT, 1.0 / rate)
+
+    @staticmethod
+    def ekf_inputs(msg, quality_min: int = 0) -> tuple[float, bool, bool]:
+        """How ArduPilot reads one ODOMETRY (GCS_MAVLINK::handle_odometry, AP_VisualOdom_MAV):
+        (position error it uses, position fused, velocity fused) with VISO_QUAL_MIN = quality_min."""
+        c = msg.pose_covariance
+        pos_err = (c[0] ** 2 + c[6] ** 2 + c[11] ** 2) ** (1.0 / 3.0) if not math.isnan(c[0]) else 0.0
+        fused = msg.quality >= quality_min
+        vel_ok = fused and not any(math.isnan(v) for v in (msg.vx, msg.vy, msg.vz))
+        return pos_err, fused, vel_ok
 
     def _run(self) -> None:
         next_tx = 0.0
         while not self._stop.is_set():
-            msg = self.conn.recv_match(blocking=True, timeout=0.02)
+            msg = self.conn.recv_match(blocking=True, timeout=0.005)
             now = time.time()
             if msg is not None and msg.get_type() != "BAD_DATA":
                 kind = msg.get_type()
@@ -78,15 +128,19 @@ class AutopilotPeer:
                     self.times[kind].append(now)
                     if kind in self.keep:
                         self.messages.append((now, msg))
+                self._request(msg)
                 if kind == "SET_GPS_GLOBAL_ORIGIN" and self.origin is None:  # ArduPilot accepts it once
                     self.origin = (msg.latitude / 1e7, msg.longitude / 1e7, msg.altitude / 1000.0)
                 if kind == "SET_GPS_GLOBAL_ORIGIN" and self.origin is not None:
                     self.conn.mav.gps_global_origin_send(int(self.origin[0] * 1e7), int(self.origin[1] * 1e7),
                                                          int(self.origin[2] * 1000), int(now * 1e6))
             # talk only once skyloc's packets have told the UDP socket where it is
-            if now >= next_tx and self.times:
+            if self.times:
+                if now >= next_tx:
+                    self.conn.mav.heartbeat_send(M.MAV_TYPE_QUADROTOR, M.MAV_AUTOPILOT_ARDUPILOTMEGA, 0, 0,
+                                                 M.MAV_STATE_ACTIVE)
+                    next_tx = now + 1.0
                 self._stream(now)
-                next_tx = now + 1.0 / self.rate_hz
 
     # -- what arrived ---------------------------------------------------------------------------
     def of(self, kind: str) -> list:

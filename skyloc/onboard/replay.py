@@ -58,6 +58,15 @@ def error_report(rows: list[ReplayRow], footprint_m: float) -> dict:
            "track_starts": int(len({r.est.track_id for r in rows if r.est.track_id})),
            "time_to_first_ok_s": float(t[ok][0] - t[0]) if ok.any() else None}
     lat = np.array([r.est.latency_ms.get("total", math.nan) for r in rows if r.est.latency_ms])
+    first = int(np.argmax(ok)) if ok.any() else None
+    rep["availability_after_first_ok"] = float(ok[first:].mean()) if first is not None else 0.0
+    # what the map taught about the telemetry (median over ok fixes)
+    yb = np.array([r.est.yaw_bias_deg for r in rows if r.est.status == OK], dtype=float)
+    hs = np.array([r.est.height_scale for r in rows if r.est.status == OK], dtype=float)
+    hm = np.array([r.est.height_m for r in rows if r.est.status == OK], dtype=float)
+    rep["compass_error_deg"] = float(-np.nanmedian(yb)) if np.isfinite(yb).any() else None
+    rep["height_over_telemetry"] = float(np.nanmedian(hs)) if np.isfinite(hs).any() else None
+    rep["height_m_median"] = float(np.nanmedian(hm)) if np.isfinite(hm).any() else None
     rep["latency_ms_median"] = float(np.nanmedian(lat)) if lat.size else math.nan
     rep["latency_ms_p90"] = float(np.nanpercentile(lat, 90)) if lat.size else math.nan
     rep["latency_ms_max"] = float(np.nanmax(lat)) if lat.size else math.nan
@@ -97,6 +106,10 @@ def report_table(rep: dict, title: str = "replay report"):
     if rep.get("ok_within_3x_accuracy") is not None:
         t.add_row("ok within 3x reported accuracy", f"{rep['ok_within_3x_accuracy']:.1%}")
         t.add_row("ok fixes more than 25 m off", str(rep["ok_over_25m"]))
+    if rep.get("compass_error_deg") is not None:
+        t.add_row("compass error measured on the map", f"{rep['compass_error_deg']:+.1f} deg (telemetry yaw - heading)")
+    if rep.get("height_over_telemetry") is not None:
+        t.add_row("height / telemetry's height", f"{rep['height_over_telemetry']:.3f}")
     t.add_row("ms per frame: median / p90 / max",
               f"{rep['latency_ms_median']:.0f} / {rep['latency_ms_p90']:.0f} / {rep['latency_ms_max']:.0f} ms")
     return t
@@ -193,7 +206,8 @@ def replay(video: str, localizer: Localizer, telemetry: TelemetryTrack | None = 
                 est = localizer.locate(frame.image, frame.timestamp, yaw, alt,
                                        pitch_deg=_finite(tel.tilt) if tel is not None else None,
                                        roll_deg=_finite(tel.roll) if tel is not None else None,
-                                       vehicle_pitch_deg=_finite(tel.pitch) if tel is not None else None)
+                                       vehicle_pitch_deg=_finite(tel.pitch) if tel is not None else None,
+                                       range_m=_finite(tel.range) if tel is not None else None)
             row = ReplayRow(frame.index, est, yaw=yaw if yaw is not None else math.nan,
                             alt=alt if alt is not None else math.nan)
             if tel is not None and math.isfinite(tel.lat):
@@ -227,12 +241,15 @@ def write_outputs(res: ReplayResult, out: Path, localizer: Localizer) -> dict:
     with open(files["csv"], "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["frame", "time", "status", "lat", "lon", "horizontal_accuracy_m", "confidence", "source",
-                    "registered", "odometry", "inliers", "truth_lat", "truth_lon", "error_m", "latency_ms", "message"])
+                    "registered", "odometry", "inliers", "truth_lat", "truth_lon", "error_m", "telemetry_yaw",
+                    "heading", "heading_sigma", "telemetry_alt", "height", "latency_ms", "message"])
         for r in res.rows:
             e = r.est
             w.writerow([r.frame, f"{e.time:.3f}", e.status, f"{e.lat:.8f}", f"{e.lon:.8f}",
                         f"{e.horizontal_accuracy:.2f}", f"{e.confidence:.3f}", e.source, int(e.registered),
                         int(e.odometry), e.inliers, f"{r.truth_lat:.8f}", f"{r.truth_lon:.8f}", f"{r.error_m:.2f}",
+                        f"{e.telemetry_yaw:.2f}", f"{e.heading_deg:.2f}", f"{e.heading_sigma_deg:.2f}",
+                        f"{e.telemetry_altitude:.2f}", f"{e.height_m:.2f}",
                         f"{e.latency_ms.get('total', math.nan):.1f}", e.message])
     feats = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [r.est.lon, r.est.lat]},
               "properties": {"frame": r.frame, "time": r.est.time, "status": r.est.status,
@@ -329,5 +346,34 @@ def plot_replay(res: ReplayResult, out: Path, localizer: Localizer) -> dict:
     fig.tight_layout()
     files["error_plot"] = out / "errors.png"
     fig.savefig(files["error_plot"], dpi=100)
+    plt.close(fig)
+
+    # what the map taught about the telemetry: heading and height used against what it said
+    fig, (b1, b2) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True)
+    tel_yaw = np.array([r.est.telemetry_yaw for r in res.rows])
+    heading = np.array([r.est.heading_deg for r in res.rows])
+    hsig = np.array([r.est.heading_sigma_deg for r in res.rows])
+    diff = (tel_yaw - heading + 180.0) % 360.0 - 180.0
+    if np.isfinite(diff).any():
+        b1.fill_between(t, diff - 3 * hsig, diff + 3 * hsig, color="tab:blue", alpha=0.15, label="3 sigma")
+        b1.plot(t, diff, color="tab:blue", lw=1, label="telemetry yaw - heading used (compass error)")
+        b1.set_ylim(np.nanmin(diff) - 10, np.nanmax(diff) + 10)
+    else:
+        b1.plot(t, heading, color="tab:blue", lw=1, label="heading used (no yaw in the telemetry)")
+    b1.axhline(0, color="grey", lw=0.5)
+    b1.set_ylabel("deg")
+    b1.legend(fontsize=8, loc="upper right")
+    b1.set_title("skyloc replay: heading and height learned from the map")
+    tel_alt = np.array([r.est.telemetry_altitude for r in res.rows])
+    height = np.array([r.est.height_m for r in res.rows])
+    if np.isfinite(tel_alt).any():
+        b2.plot(t, tel_alt, color="grey", lw=1, label="telemetry altitude")
+    b2.plot(t, height, color="tab:green", lw=1, label="height above the ground used")
+    b2.set_ylabel("m")
+    b2.set_xlabel("time from the first frame (s)")
+    b2.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    files["telemetry_plot"] = out / "telemetry.png"
+    fig.savefig(files["telemetry_plot"], dpi=100)
     plt.close(fig)
     return files

@@ -33,7 +33,8 @@ class Frame:
     image: np.ndarray | None  # RGB uint8, or None for a frame that could not be decoded
     index: int
     timestamp: float  # seconds: media time for files, wall clock for live sources
-    arrival: float = 0.0  # wall clock when the capture thread got it: the time the frame shows
+    arrival: float = 0.0  # wall clock when the capture thread got it
+    capture: float = 0.0  # wall clock of the exposure, where the source knows it (0: unknown)
 
 
 class Source:

@@ -32,6 +32,7 @@ class TelemetrySample:
     roll: float = math.nan  # vehicle roll, degrees (for cameras fixed to the airframe)
     pitch: float = math.nan  # vehicle pitch, degrees
     tilt: float = math.nan  # camera tilt forward from nadir (a gimbal's setting), degrees
+    range: float = math.nan  # downward rangefinder distance, metres
 
 
 class TelemetryTrack:
@@ -39,13 +40,14 @@ class TelemetryTrack:
     (yaw on the circle). `absolute`: times are UTC Unix seconds (logs), else seconds into the video."""
 
     def __init__(self, samples: list[TelemetrySample], source: str, absolute: bool = False,
-                 triggers: list[float] | None = None):
+                 triggers: list[float] | None = None, yaw_from_track: bool = False):
         if not samples:
             raise SkylocError(f"{source} holds no telemetry samples")
         samples = sorted(samples, key=lambda s: s.time)
         self.source, self.absolute = source, absolute
         self.triggers = triggers or []  # camera trigger times (CAM/TRIG in DataFlash logs)
         self.tilt = np.array([s.tilt for s in samples], dtype=np.float64)
+        self.range = np.array([s.range for s in samples], dtype=np.float64)
         self.t = np.array([s.time for s in samples], dtype=np.float64)
         self.lat = np.array([s.lat for s in samples], dtype=np.float64)
         self.lon = np.array([s.lon for s in samples], dtype=np.float64)
@@ -53,7 +55,7 @@ class TelemetryTrack:
         self.roll = np.array([s.roll for s in samples], dtype=np.float64)
         self.pitch = np.array([s.pitch for s in samples], dtype=np.float64)
         yaw = np.array([s.yaw for s in samples], dtype=np.float64)
-        if np.all(np.isnan(yaw)) and len(samples) > 1:  # GPX/SRT without yaw: the track's bearing
+        if yaw_from_track and np.all(np.isnan(yaw)) and len(samples) > 1:  # GPX/SRT without yaw: the track's bearing
             dlat = np.gradient(self.lat)
             dlon = np.gradient(self.lon) * np.cos(np.radians(self.lat))
             yaw = np.degrees(np.arctan2(dlon, dlat)) % 360
@@ -71,7 +73,7 @@ class TelemetryTrack:
             s, c = np.interp(t, self.t[yaw_ok], np.sin(r)), np.interp(t, self.t[yaw_ok], np.cos(r))
             yaw = math.degrees(math.atan2(s, c)) % 360
         return TelemetrySample(t, interp(self.lat), interp(self.lon), interp(self.alt), yaw, interp(self.roll),
-                               interp(self.pitch), interp(self.tilt))
+                               interp(self.pitch), interp(self.tilt), interp(self.range))
 
     @property
     def span(self) -> tuple[float, float]:
@@ -109,9 +111,9 @@ def load_telemetry(path: str | Path) -> TelemetryTrack:
         if suffix == ".csv":
             return TelemetryTrack(_csv(p), str(p))
         if suffix == ".srt":
-            return TelemetryTrack(_srt(p), str(p))
+            return TelemetryTrack(_srt(p), str(p), yaw_from_track=True)
         if suffix == ".gpx":
-            return TelemetryTrack(_gpx(p), str(p))
+            return TelemetryTrack(_gpx(p), str(p), yaw_from_track=True)
         if suffix == ".tlog":
             return _tlog(p)
         if suffix in (".bin", ".log"):
@@ -144,11 +146,16 @@ def _tlog(p: Path) -> TelemetryTrack:
     raw: list[tuple[str, float, float, object]] = []
     while True:
         try:
-            msg = conn.recv_match(type=["GLOBAL_POSITION_INT", "ATTITUDE"])
+            msg = conn.recv_match(type=["GLOBAL_POSITION_INT", "ATTITUDE", "DISTANCE_SENSOR", "RANGEFINDER"])
         except Exception as exc:  # a truncated or damaged log: keep what was read
             raise SkylocError(f"{p} is damaged after {len(raw)} messages ({exc})") from None
         if msg is None:
             break
+        if msg.get_type() == "RANGEFINDER":  # no boot time: placed by the log's receive time below
+            raw.append((msg.get_type(), float(msg._timestamp), math.nan, msg))
+            continue
+        if msg.get_type() == "DISTANCE_SENSOR" and msg.orientation != 25:  # 25: MAV_SENSOR_ROTATION_PITCH_270, down
+            continue
         raw.append((msg.get_type(), float(msg._timestamp), msg.time_boot_ms / 1000.0, msg))
     conn.close()
     if not raw:
@@ -157,6 +164,9 @@ def _tlog(p: Path) -> TelemetryTrack:
     offsets, session, boots = [], [], []
     last_boot = -1.0
     for _, recv, boot, _ in raw:
+        if not math.isfinite(boot):
+            boots.append(len(offsets))
+            continue
         if boot < last_boot - 1.0:
             offsets.append(float(np.percentile(session, 1)))
             session = []
@@ -165,9 +175,13 @@ def _tlog(p: Path) -> TelemetryTrack:
         last_boot = boot
     offsets.append(float(np.percentile(session, 1)))
     samples = []
-    for (kind, _, boot, m), b in zip(raw, boots):
-        t = boot + offsets[b]
-        if kind == "GLOBAL_POSITION_INT":
+    for (kind, recv, boot, m), b in zip(raw, boots):
+        t = boot + offsets[b] if math.isfinite(boot) else recv
+        if kind == "RANGEFINDER":
+            samples.append(TelemetrySample(t, range=float(m.distance)))
+        elif kind == "DISTANCE_SENSOR":
+            samples.append(TelemetrySample(t, range=m.current_distance / 100.0))
+        elif kind == "GLOBAL_POSITION_INT":
             if m.lat == 0 and m.lon == 0:
                 continue
             samples.append(TelemetrySample(t, m.lat / 1e7, m.lon / 1e7, m.relative_alt / 1000.0))
@@ -192,7 +206,7 @@ def _dataflash(p: Path) -> TelemetryTrack:
     samples, triggers, gps = [], [], []
     home_alt = None
     while True:
-        m = log.recv_match(type=["POS", "GPS", "ATT", "CAM", "TRIG"])
+        m = log.recv_match(type=["POS", "GPS", "ATT", "CAM", "TRIG", "RFND"])
         if m is None:
             break
         kind, t = m.get_type(), float(m._timestamp)
@@ -208,6 +222,8 @@ def _dataflash(p: Path) -> TelemetryTrack:
             samples.append(TelemetrySample(t, yaw=m.Yaw % 360, roll=m.Roll, pitch=m.Pitch))
         elif kind in ("CAM", "TRIG"):
             triggers.append(t)
+        elif kind == "RFND" and getattr(m, "Instance", 0) == 0 and getattr(m, "Stat", 4) == 4:  # 4: good data
+            samples.append(TelemetrySample(t, range=float(m.Dist)))
     if not any(math.isfinite(s.lat) for s in samples):  # no POS: fall back on the GPS itself
         samples += gps
     _need_positions(samples, p, "POS or GPS")
@@ -257,8 +273,8 @@ def _csv(p: Path) -> list[TelemetrySample]:
             v = row.get(k, "")
             return float(v) if v not in ("", None) else math.nan
 
-        return [TelemetrySample(float(r["time"]), num(r, "lat"), num(r, "lon"), num(r, "alt"), num(r, "yaw"))
-                for r in reader]
+        return [TelemetrySample(float(r["time"]), num(r, "lat"), num(r, "lon"), num(r, "alt"), num(r, "yaw"),
+                                range=num(r, "range")) for r in reader]
 
 
 _SRT_TIME = re.compile(r"(\d+):(\d+):(\d+)[,.](\d+)\s*-->")

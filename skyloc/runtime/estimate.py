@@ -13,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 OK, LOW, NO_FIX = "ok", "low-confidence", "no-fix"
+NO_FRAME = "no frame"  # Estimate.source of a prediction made without a camera frame (an outage)
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Estimate:
     cov_xx: float = math.nan  # position covariance (m^2), for outputs that carry one
     cov_xy: float = math.nan
     cov_yy: float = math.nan
-    source: str = ""  # what moved the estimate this frame: registration | odometry | prediction | relocalization | prior
+    source: str = ""  # what moved the estimate: registration | odometry | prediction | relocalization | no frame
     registered: bool = False  # a verified map registration was fused on this frame
     odometry: bool = False  # visual odometry measured this frame's motion
     inliers: int = 0
@@ -42,6 +43,15 @@ class Estimate:
     best_score: float = 0.0
     latency_ms: dict[str, float] = field(default_factory=dict)
     message: str = ""
+    # what the localizer believes of the camera (bias stage), against what telemetry said
+    heading_deg: float = math.nan  # camera heading used, clockwise from north
+    heading_sigma_deg: float = math.nan
+    height_m: float = math.nan  # height above the ground used
+    height_sigma: float = math.nan  # 1-sigma of log(height)
+    yaw_bias_deg: float = math.nan  # compass error measured on the map (heading - telemetry yaw)
+    height_scale: float = math.nan  # height over the telemetry's reference height, measured on the map
+    telemetry_yaw: float = math.nan
+    telemetry_altitude: float = math.nan
 
     @property
     def has_position(self) -> bool:

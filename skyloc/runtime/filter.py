@@ -77,11 +77,12 @@ class TrackFilter:
         p[:2, :2] += np.eye(2) * self.drift**2
         return f @ self.x, p
 
-    def odometry(self, t: float, dxy, sigma: float) -> None:
+    def odometry(self, t: float, dxy, sigma: float, systematic: float = 0.0) -> None:
         """Move by a measured displacement since the filter's time (the previous frame).
 
         The position follows the displacement (its uncertainty grows by the step's noise and the
-        systematic drift); the velocity is updated from displacement / time.
+        systematic drift, plus `systematic` per metre: a heading or height still uncertain); the
+        velocity is updated from displacement / time.
         """
         d = np.asarray(dxy, dtype=np.float64)
         dt = float(t) - self.t
@@ -97,7 +98,7 @@ class TrackFilter:
             self.t = float(t)
         self.x[:2] += d
         self.P[:2, :2] += np.eye(2) * sigma**2
-        self.drift += self.cfg.odometry_drift * float(np.hypot(*d))
+        self.drift += (self.cfg.odometry_drift + systematic) * float(np.hypot(*d))
 
     def mahalanobis2(self, xy, sigma: float) -> float:
         s = self.P[:2, :2] + np.eye(2) * (sigma**2 + self.drift**2)

@@ -2,6 +2,7 @@
 
 Per frame, in order (each stage is a module with one job):
 
+    bias            skyloc.runtime.bias            heading and height: telemetry as a prior, errors learned
     odometry        skyloc.runtime.odometry        ground motion since the previous frame
     prediction      skyloc.runtime.filter          the track moved by odometry (or dead-reckoned)
     registration    skyloc.runtime.registration    the frame on the map around the prediction
@@ -11,7 +12,10 @@ Per frame, in order (each stage is a module with one job):
 
 A prior position (`start`, or the autopilot's GNSS before it is lost) starts the track; without
 one, relocalization does. Registration runs at `registration_interval_s` (odometry keeps every
-frame on time), sooner after a failure.
+frame on time), sooner after a failure. Heading and height come from the localizer's own
+estimate (`bias`): the telemetry's compass and altitude are priors whose errors the map
+measures, so a compass 20 deg off, a barometer over hills or no yaw at all widen the search
+instead of failing it.
 """
 from __future__ import annotations
 
@@ -24,10 +28,11 @@ from pathlib import Path
 import numpy as np
 
 from skyloc.errors import SkylocError
+from skyloc.runtime.bias import BiasConfig, TelemetryBias
 from skyloc.runtime.cache import TileCache
 from skyloc.runtime.camera import Intrinsics, Pose
 from skyloc.runtime.embedder import Embedder
-from skyloc.runtime.estimate import LOW, NO_FIX, OK, Estimate, StatusConfig, TrackEvidence, decide_status
+from skyloc.runtime.estimate import LOW, NO_FIX, NO_FRAME, OK, Estimate, StatusConfig, TrackEvidence, decide_status
 from skyloc.runtime.filter import FilterConfig, TrackFilter
 from skyloc.runtime.odometry import OdometryConfig, OdometryStep, VisualOdometry
 from skyloc.runtime.preprocess import check_frame
@@ -35,6 +40,8 @@ from skyloc.runtime.registration import MapRegistration, Registration, Registrat
 from skyloc.runtime.relocalization import RelocalizationConfig, Relocalizer
 
 log = logging.getLogger("skyloc.localizer")
+
+MIN_HEIGHT_M = 2.0  # below this a camera sees too little of the map to localize (on the ground)
 
 __all__ = ["Localizer", "LocalizerConfig", "Estimate", "OK", "LOW", "NO_FIX", "parse_start"]
 
@@ -51,9 +58,13 @@ class LocalizerConfig:
     search_margin_m: float = 10.0  # beyond the filter's 3 sigma
     min_search_radius_m: float = 15.0
     max_search_radius_m: float = 250.0  # wider than this, retrieval narrows the search first
-    altitude_range_m: tuple[float, float] | None = None  # altitudes to try when telemetry has none
+    altitude_range_m: tuple[float, float] | None = None  # heights to search when telemetry has none (default 30-1200 m)
+    dem: str | None = None  # elevation model (GeoTIFF, any CRS): baro altitude above home -> height above the ground
+    home_elevation_m: float | None = None  # elevation of the take-off point (default: the DEM at the start position)
     yaw_flip_ok: bool = False  # accept frames turned by 180 deg (nadir gimbals report an ambiguous yaw)
     gate_resets: int = 3  # verified registrations rejected by the gate in a row before the track restarts
+    attitude_timing_s: float = 0.05  # 1-sigma of the attitude's time against the frame's: in a fast turn it is a heading error
+    bias: BiasConfig = field(default_factory=BiasConfig)
     odometry: OdometryConfig = field(default_factory=OdometryConfig)
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
     relocalization: RelocalizationConfig = field(default_factory=RelocalizationConfig)
@@ -97,16 +108,35 @@ class Localizer:
         self.registration = MapRegistration(self.map, self.cfg.registration)
         self.relocalizer = Relocalizer(embedder, cache, self.registration, self.cfg.relocalization, use_faiss) \
             if embedder is not None else None
+        if self.cfg.altitude_range_m:
+            self.cfg.bias.no_height_range = tuple(float(v) for v in self.cfg.altitude_range_m)
+        self.bias = TelemetryBias(self.cfg.bias)
+        self.terrain = None
+        self.home_elevation = self.cfg.home_elevation_m
+        if self.cfg.dem:
+            from skyloc.runtime.terrain import Terrain
+
+            self.terrain = Terrain(self.cfg.dem, self.map.crs, self.map.bounds)
         self.evidence = TrackEvidence()
         self.track_id = 0
         self.next_registration = -math.inf
         self.next_relocalization = -math.inf
         self.rejections = 0
-        self.last_altitude: tuple[float, float] | None = None  # (t, altitude)
-        self.last_yaw: tuple[float, float] | None = None  # (t, yaw actually used, visual corrections included)
         self.start = start
+        self.last_height: tuple[float, float] | None = None  # (t, height above ground used)
+        self._last_tel_yaw: tuple[float, float] | None = None
+        self.yaw_rate = 0.0  # deg/s, from the telemetry's yaw
         if start is not None:
             self._check_on_map(start[0], start[1], "the start position")
+            self._home_from(*self.cache.geodesy.from_latlon(start[0], start[1]))
+
+    def _home_from(self, x: float, y: float) -> None:
+        """Without a configured home elevation, the DEM at the first known position (the start)."""
+        if self.terrain is not None and self.home_elevation is None:
+            z = self.terrain.elevation(x, y)
+            if math.isfinite(z):
+                self.home_elevation = z
+                log.info("home elevation %.1f m from the DEM at the start position", z)
 
     # -- track management -----------------------------------------------------------------------
     def reset(self) -> None:
@@ -135,6 +165,7 @@ class Localizer:
         track when there is none and keeps steering it until skyloc's own registrations confirm
         it; after that it is ignored. A prior never makes a fix "ok". True when a track started."""
         x, y = self.cache.geodesy.from_latlon(lat, lon)
+        self._home_from(x, y)
         if not self.filter.initialized:
             self._start_track(t, (x, y), radius_m / 3.0, source)
             return True
@@ -154,24 +185,28 @@ class Localizer:
     # -- the pipeline ---------------------------------------------------------------------------
     def locate(self, frame_rgb: np.ndarray, t: float | None = None, yaw_deg: float | None = None,
                altitude_m: float | None = None, pitch_deg: float | None = None, roll_deg: float | None = None,
-               vehicle_pitch_deg: float | None = None) -> Estimate:
+               vehicle_pitch_deg: float | None = None, range_m: float | None = None) -> Estimate:
         """Estimate the drone's position from one frame of a sequence.
 
-        yaw_deg: camera heading (clockwise from north); altitude_m: above ground; pitch_deg: camera
-        tilt forward from nadir (default: the configured mount tilt); roll_deg / vehicle_pitch_deg:
-        vehicle attitude for cameras fixed to the airframe.
+        yaw_deg: the compass's camera heading (clockwise from north), a prior whose error is
+        learned; altitude_m: the autopilot's altitude above home (above the ground on flat land;
+        with a DEM it is turned into the height above the ground under the camera); range_m: a
+        downward rangefinder's distance; pitch_deg: camera tilt forward from nadir (default: the
+        configured mount tilt); roll_deg / vehicle_pitch_deg: vehicle attitude for cameras fixed
+        to the airframe.
         """
         t = time.time() if t is None else float(t)
         lat_ms: dict[str, float] = {}
         t0 = time.perf_counter()
         frame = check_frame(frame_rgb)
         intr = Intrinsics(frame.shape[1], frame.shape[0], self.cfg.hfov_deg)
-        pose, note = self._pose(t, yaw_deg, altitude_m, pitch_deg, roll_deg, vehicle_pitch_deg)
         est = Estimate(t, NO_FIX, track_id=self.track_id)
-        notes = [note] if note else []
         if self.start is not None and not self.filter.initialized:
             self.set_prior(t, *self.start, source="start position")
             self.start = None
+        pose, notes = self._pose(t, yaw_deg, altitude_m, pitch_deg, roll_deg, vehicle_pitch_deg, range_m)
+        est.telemetry_yaw = float(yaw_deg) % 360 if yaw_deg is not None and math.isfinite(yaw_deg) else math.nan
+        est.telemetry_altitude = float(altitude_m) if altitude_m is not None and math.isfinite(altitude_m) else math.nan
 
         # 1. odometry ------------------------------------------------------------------------
         t1 = time.perf_counter()
@@ -187,8 +222,8 @@ class Localizer:
         if self.filter.initialized and t >= self.next_registration:
             radius = self._search_radius(t)
             if radius <= self.cfg.max_search_radius_m:
-                reg = self._register(frame, intr, pose, radius)
-                self._fuse(t, reg, pose, est, notes)
+                reg, used = self._register(frame, intr, pose, radius)
+                self._fuse(t, reg, used, est, notes)
             elif self.relocalizer is not None and t >= self.next_relocalization:
                 self._relocalize(t, frame, intr, pose, est, notes,
                                  window=(float(self.filter.x[0]), float(self.filter.x[1]), radius))
@@ -197,67 +232,93 @@ class Localizer:
         lat_ms["registration"] = (time.perf_counter() - t3) * 1e3
 
         # 6. estimate ------------------------------------------------------------------------
+        pose = replace(pose, yaw=self.bias.heading, altitude=self.bias.height)
+        self.odometry.retag(t, pose)  # the next frame's odometry starts from what this frame learned
+        self.last_height = (t, pose.altitude)
         self._finish(est, t, pose, notes)
         lat_ms["total"] = (time.perf_counter() - t0) * 1e3
         est.latency_ms = {k: round(v, 2) for k, v in lat_ms.items()}
         return est
 
+    def _pose(self, t, yaw, alt, tilt, roll, vpitch, range_m) -> tuple[Pose, list[str]]:
+        """This frame's pose from the telemetry as a prior (bias stage): heading and height are
+        the localizer's own estimates, the telemetry's errors learned from the map."""
+        notes: list[str] = []
+        yaw = float(yaw) if yaw is not None and math.isfinite(yaw) else None
+        if yaw is None:
+            notes.append("no yaw from telemetry: heading from the map and odometry")
+        else:  # how fast the telemetry says the camera turns: late attitude is a heading error then
+            if self._last_tel_yaw is not None and 0 < t - self._last_tel_yaw[0] < 1.0:
+                rate = ((yaw - self._last_tel_yaw[1] + 180.0) % 360.0 - 180.0) / (t - self._last_tel_yaw[0])
+                self.yaw_rate = 0.5 * self.yaw_rate + 0.5 * rate if abs(rate) < 360 else self.yaw_rate
+            self._last_tel_yaw = (t, yaw)
+        roll_f, vp_f = float(roll or 0.0), float(vpitch or 0.0)
+        tilt_f = self.cfg.camera_pitch_deg if tilt is None or not math.isfinite(tilt) else float(tilt)
+        href, kind = None, "none"
+        if range_m is not None and math.isfinite(range_m) and range_m > 0:
+            href, kind = float(range_m) * math.cos(math.radians(roll_f)) * math.cos(math.radians(vp_f)), "rangefinder"
+        elif alt is not None and math.isfinite(alt):
+            href, kind = float(alt), "baro"
+            if self.terrain is not None and self.filter.initialized:
+                if self.home_elevation is None:
+                    notes.append("DEM without the home elevation: give --home-elevation or --start")
+                else:
+                    ground = self.terrain.elevation(float(self.filter.x[0]), float(self.filter.x[1]))
+                    if math.isfinite(ground):
+                        href, kind = float(alt) + self.home_elevation - ground, "dem"
+            if href < MIN_HEIGHT_M:
+                notes.append(f"altitude {alt:.0f} m is not above the ground: ignored" if href <= 0 else
+                             f"altitude {alt:.1f} m: too low to see the map (on the ground?)")
+                href, kind = None, "none"
+        elif alt is not None:
+            notes.append("altitude is not a number: ignored")
+        if kind == "none" and not any(n.startswith("altitude") for n in notes):
+            notes.append("no altitude from telemetry: height from the map and odometry")
+        dist = 0.0
+        if self.filter.initialized and self.last_height is not None:
+            dist = math.hypot(*self.filter.velocity) * max(0.0, t - self.last_height[0])
+        prior = self.bias.prior(t, yaw, href, kind, dist)
+        pose = Pose(altitude=prior.height_m, yaw=prior.heading_deg, tilt=tilt_f, pitch=vp_f, roll=roll_f)
+        return pose, notes
+
     def _odometry(self, frame, t: float, pose: Pose, intr: Intrinsics, notes: list[str]):
-        """Odometry: the motion since the last frame, and the heading this frame really has (the
-        visual turn replaces a telemetry yaw that jumped, or stands in when there is none)."""
-        from_vision = not math.isfinite(pose.yaw) and self.last_yaw is not None and t - self.last_yaw[0] < 10.0
-        if from_vision:
-            pose = replace(pose, yaw=self.last_yaw[1])
-        step = None
-        if math.isfinite(pose.altitude) and math.isfinite(pose.yaw):
-            step = self.odometry.step(frame, t, pose, intr, trust_yaw=not from_vision)
-        if step is not None and step.ok and step.yaw_correction_deg:
-            if not from_vision:
-                notes.append(f"telemetry yaw off by {step.yaw_correction_deg:+.0f} deg: using the visual heading")
-            pose = replace(pose, yaw=(pose.yaw + step.yaw_correction_deg) % 360)
-        if from_vision:
-            notes.append("no yaw from telemetry: heading carried by odometry" if step is not None and step.ok
-                         else "no yaw from telemetry")
-        if math.isfinite(pose.yaw) and (step is None or step.ok or not from_vision):
-            self.last_yaw = (t, pose.yaw)
+        """Odometry: the motion since the last frame. Its visual turn carries the heading where
+        the telemetry has none or its yaw jumped, and its visual scale change carries the height
+        where there is no altitude; otherwise the telemetry's own changes are the better ones
+        (a gyro-stabilised yaw and a baro over short times), and the map measures their errors."""
+        step = self.odometry.step(frame, t, pose, intr)
+        if step is not None and step.ok:
+            turn = 0.0
+            if self.bias.yaw_ref != "compass":
+                turn = step.rotation_deg
+            elif abs(step.rotation_deg) > max(self.cfg.odometry.max_rotation_deg, 2.0 * abs(step.visual_turn_deg)):
+                # a jump in the telemetry, not a turn it reports late (that mismatch is about the turn's size)
+                turn = step.rotation_deg
+                notes.append(f"telemetry yaw jumped by {-step.rotation_deg:+.0f} deg: heading carried by odometry")
+            self.bias.odometry(turn, step.scale if self.bias.height_ref == "none" else 1.0)
+            pose = replace(pose, yaw=self.bias.heading, altitude=self.bias.height)
         return step, pose
 
     def predict(self, t: float, why: str) -> Estimate:
         """The track carried to time t without a frame (the camera dropped out): dead reckoning
         with the filter's velocity, the accuracy growing, never "ok" (odometry is interrupted)."""
-        est = Estimate(t, NO_FIX, track_id=self.track_id, source="prediction")
+        est = Estimate(t, NO_FIX, track_id=self.track_id, source=NO_FRAME)
         if self.filter.initialized and t > self.filter.t:
             self.filter.predict(t)
             self.evidence.no_odometry(t, self.cfg.status.max_odometry_gap_s)
             self.odometry.reset()  # the next frame has nothing to compare with
-        alt = self.last_altitude[1] if self.last_altitude else math.nan
+        alt = self.last_height[1] if self.last_height else math.nan
         self._finish(est, t, Pose(altitude=alt), [why])
         return est
-
-    def _pose(self, t, yaw, alt, tilt, roll, vpitch) -> tuple[Pose, str]:
-        note = ""
-        if alt is not None and math.isfinite(alt) and alt > 0:
-            self.last_altitude = (t, float(alt))
-        elif self.last_altitude is not None and t - self.last_altitude[0] < 5.0:
-            alt = self.last_altitude[1]
-            note = "no altitude: using the last one"
-        else:
-            alt = math.nan
-            note = ("no altitude: searching the altitude range" if self.cfg.altitude_range_m else
-                    "no altitude: set localizer altitude_range_m or send altitude telemetry")
-        pose = Pose(altitude=float(alt), yaw=float(yaw) % 360 if yaw is not None and math.isfinite(yaw) else math.nan,
-                    tilt=self.cfg.camera_pitch_deg if tilt is None else float(tilt),
-                    pitch=float(vpitch or 0.0), roll=float(roll or 0.0))
-        if not math.isfinite(pose.yaw):
-            note = (note + "; " if note else "") + "no yaw"
-        return pose, note
 
     def _advance(self, t: float, step: OdometryStep | None, est: Estimate, notes: list[str]) -> None:
         """Prediction: move the track by odometry, or dead-reckon when odometry has nothing."""
         gap = self.cfg.status.max_odometry_gap_s
         if step is not None and step.ok and step.t - step.dt >= self.filter.t - 1e-6:
             self.filter.predict(step.t - step.dt)
-            self.filter.odometry(t, (step.dx, step.dy), step.sigma)
+            # a heading or height still uncertain turns and scales every step the same way
+            systematic = min(2.0, math.radians(self.bias.heading_sigma)) + self.bias.height_sigma
+            self.filter.odometry(t, (step.dx, step.dy), step.sigma, systematic)
             self.evidence.odometry(t, step.distance, gap)
             est.odometry, est.source = True, "odometry"
         else:
@@ -272,27 +333,25 @@ class Localizer:
         sigma = math.sqrt(max(np.linalg.eigvalsh(cov)))
         return max(self.cfg.min_search_radius_m, 3.0 * sigma + self.cfg.search_margin_m)
 
-    def _register(self, frame, intr: Intrinsics, pose: Pose, radius: float) -> Registration:
-        if not math.isfinite(pose.yaw):
-            return Registration(False, reason="no yaw to turn the frame north-up")
+    def _register(self, frame, intr: Intrinsics, pose: Pose, radius: float) -> tuple[Registration, Pose]:
+        """Registration around the prediction, as wide in heading and height as the bias stage's
+        uncertainty (whole circle without yaw; a grid of heights without altitude)."""
         at = pose.moved_to(float(self.filter.x[0]), float(self.filter.x[1]))
-        if math.isfinite(pose.altitude):
-            return self.registration.register(frame, intr, at, radius)
-        if not self.cfg.altitude_range_m:
-            return Registration(False, reason="no altitude to scale the frame")
-        lo, hi = self.cfg.altitude_range_m  # try altitudes ~25 % apart; keep the best verified one
-        best = Registration(False, reason="no altitude in the range fits")
-        for alt in np.geomspace(lo, hi, max(2, int(math.ceil(math.log(hi / lo) / math.log(1.25))) + 1)):
-            r = self.registration.register(frame, intr, Pose(at.x, at.y, float(alt), at.yaw, at.tilt, at.pitch, at.roll),
-                                           radius, strict=True)
-            if r.ok and r.inliers > best.inliers:
-                best = r
-        return best
+        hyps, rot_tol, scale_tol = self.bias.hypotheses(self.cfg.registration.max_rotation_deg,
+                                                        self.cfg.registration.max_scale_error)
+        return self.registration.register(frame, intr, at, radius, hypotheses=hyps, rotation_tol_deg=rot_tol,
+                                          scale_tol=scale_tol), at
 
-    def _fix_sigma(self, reg: Registration, altitude: float) -> float:
-        """1-sigma per axis of a registration fix: matching, map georeferencing and attitude."""
-        att = (altitude if math.isfinite(altitude) else 0.0) * math.tan(math.radians(self.cfg.attitude_sigma_deg))
-        return math.sqrt(reg.sigma**2 + self.map_sigma**2 + att**2)
+    def _fix_sigma(self, reg: Registration, altitude: float, pose: Pose | None = None) -> float:
+        """1-sigma per axis of a registration fix: matching, map georeferencing, attitude, and the
+        heading's doubt where the camera looks away from nadir (a tilted view's offset turns with it)."""
+        alt = altitude if math.isfinite(altitude) else 0.0
+        att = alt * math.tan(math.radians(self.cfg.attitude_sigma_deg))
+        turn = 0.0
+        if pose is not None:
+            tilt = min(60.0, abs(pose.tilt) + math.hypot(pose.pitch, pose.roll))
+            turn = alt * math.tan(math.radians(tilt)) * math.radians(min(90.0, self._heading_doubt()))
+        return math.sqrt(reg.sigma**2 + self.map_sigma**2 + att**2 + turn**2)
 
     def _fuse(self, t: float, reg: Registration, pose: Pose, est: Estimate, notes: list[str]) -> None:
         """Filter: a verified registration that agrees with the track is fused; one that does not
@@ -301,11 +360,13 @@ class Localizer:
         if not reg.ok:
             self.next_registration = t + self.cfg.retry_interval_s
             notes.append(f"registration: {reg.reason}")
+            self._doubt(reg, pose)
             return
         self.next_registration = t + self.cfg.registration_interval_s
-        sigma = self._fix_sigma(reg, pose.altitude)
+        sigma = self._fix_sigma(reg, pose.altitude * reg.scale, pose)
         if self.filter.update((reg.x, reg.y), sigma):
             self.rejections = 0
+            self._learn(reg, pose)
             self.evidence.registered(t)
             est.registered, est.source = True, "registration"
             return
@@ -314,24 +375,61 @@ class Localizer:
                      f"track rejected ({self.rejections} in a row)")
         if self.rejections >= self.cfg.gate_resets:
             self._start_track(t, (reg.x, reg.y), sigma, "registrations that disagree with the old track")
+            self._learn(reg, pose)
             self.evidence.registered(t)
             est.registered, est.source = True, "registration"
 
+    def _heading_doubt(self) -> float:
+        """1-sigma of this frame's heading: the estimate's, and the attitude's timing in a turn."""
+        return math.hypot(self.bias.heading_sigma, self.yaw_rate * self.cfg.attitude_timing_s)
+
+    def _learn(self, reg: Registration, used: Pose) -> None:
+        """A fused registration measured the heading and height: the bias stage learns them."""
+        scale = used.altitude * reg.scale / self.bias.height  # against the current estimate
+        rot_sigma = math.hypot(reg.rotation_sigma_deg, self.yaw_rate * self.cfg.attitude_timing_s)
+        self.bias.registered(reg.rotation_deg + (used.yaw - self.bias.heading + 180.0) % 360.0 - 180.0,
+                             rot_sigma, scale, reg.scale_sigma)
+
+    def _doubt(self, reg: Registration, used: Pose) -> None:
+        """A match refused only for its rotation or scale widens the next search to cover it."""
+        if reg.failed_check == "rotation":
+            self.bias.doubt(rotation_deg=reg.rotation_deg + (used.yaw - self.bias.heading + 180.0) % 360.0 - 180.0)
+        elif reg.failed_check == "scale":
+            self.bias.doubt(scale=used.altitude * reg.scale / self.bias.height)
+
+    def _height_at(self, alt_above_home: float | None):
+        """Per place, the height over the DEM there (relocalization tries places far apart)."""
+        if self.terrain is None or self.home_elevation is None or alt_above_home is None \
+                or self.bias.height_ref not in ("baro", "dem"):
+            return None
+        home, terrain, c = self.home_elevation, self.terrain, self.bias.c if self.bias.height_ref == "dem" else 0.0
+
+        def height(x: float, y: float) -> float | None:
+            z = terrain.elevation(x, y)
+            h = alt_above_home + home - z
+            return h * math.exp(c) if math.isfinite(h) and h > 0 else None
+        return height
+
     def _relocalize(self, t, frame, intr, pose, est: Estimate, notes: list[str], window=None) -> None:
         self.next_relocalization = t + self.cfg.relocalization_interval_s
-        if not (math.isfinite(pose.altitude) and math.isfinite(pose.yaw)):
-            notes.append("relocalization needs the altitude and the yaw")
-            return
-        r = self.relocalizer.relocalize(frame, intr, pose, window)
+        hyps, rot_tol, scale_tol = self.bias.hypotheses(self.cfg.registration.max_rotation_deg,
+                                                        self.cfg.registration.max_scale_error)
+        alt_home = est.telemetry_altitude if math.isfinite(est.telemetry_altitude) else None
+        r = self.relocalizer.relocalize(frame, intr, pose, window, hypotheses=hyps, rotation_tol_deg=rot_tol,
+                                        scale_tol=scale_tol, height_at=self._height_at(alt_home))
         if r.matches.indices.size:
             est.best_tiles, est.best_score = r.matches.indices[:5].tolist(), float(r.matches.scores[0])
         if r.registration is None:
             notes.append(f"relocalization: none of {r.tried} retrieved places verified")
+            for reg, used in r.refused or []:
+                self._doubt(reg, used)
             return
         reg = r.registration
-        self._start_track(t, (reg.x, reg.y), self._fix_sigma(reg, pose.altitude), "relocalization")
+        self._start_track(t, (reg.x, reg.y), self._fix_sigma(reg, r.pose.altitude * reg.scale, r.pose),
+                          "relocalization")
+        self._learn(reg, r.pose)
         self.odometry.reset()
-        self.odometry.step(frame, t, pose, intr)  # odometry continues from this frame
+        self.odometry.step(frame, t, replace(pose, yaw=self.bias.heading, altitude=self.bias.height), intr)
         self.evidence.registered(t)
         self.next_registration = t + self.cfg.retry_interval_s  # confirm it soon
         est.registered, est.source, est.inliers = True, "relocalization", reg.inliers
@@ -339,10 +437,15 @@ class Localizer:
     def _finish(self, est: Estimate, t: float, pose: Pose, notes: list[str]) -> None:
         """Estimate: accuracy (filter + what cannot average away) and the status rules."""
         est.track_id = self.track_id
+        b = self.bias
+        est.heading_deg, est.heading_sigma_deg = b.heading, b.heading_sigma
+        est.height_m, est.height_sigma = b.height, b.height_sigma
+        est.yaw_bias_deg = b.yaw_bias if b.yaw_bias is not None else math.nan
+        est.height_scale = b.height_scale if b.height_scale is not None else math.nan
         if not self.filter.initialized:
             est.status, est.message = NO_FIX, "; ".join(notes) or "no track: relocalizing"
             return
-        alt = pose.altitude if math.isfinite(pose.altitude) else (self.last_altitude[1] if self.last_altitude else 0.0)
+        alt = pose.altitude if math.isfinite(pose.altitude) else (self.last_height[1] if self.last_height else 0.0)
         floor = self.map_sigma**2 + (alt * math.tan(math.radians(self.cfg.attitude_sigma_deg))) ** 2
         cov = self.filter.position_cov
         accuracy = math.sqrt(float(np.trace(cov)) + 2.0 * floor)

@@ -55,6 +55,12 @@ class OdometryStep:
     scale: float = 1.0  # visual scale change relative to the altitude change
     reason: str = ""
     yaw_correction_deg: float = 0.0  # non-zero when the telemetry yaw jumped: add it to this frame's yaw
+    telemetry_turn_deg: float = 0.0  # the heading change the poses said (this frame's yaw - the previous one's)
+
+    @property
+    def visual_turn_deg(self) -> float:
+        """The heading change the images show."""
+        return self.telemetry_turn_deg + self.rotation_deg
 
     @property
     def distance(self) -> float:
@@ -72,6 +78,12 @@ class VisualOdometry:
 
     def reset(self) -> None:
         self._prev = None
+
+    def retag(self, t: float, pose: Pose) -> None:
+        """The pose the last frame really had (the localizer learned its heading and height after
+        the step): the next step measures against it."""
+        if self._prev is not None and self._prev[2] == t:
+            self._prev = (*self._prev[:3], pose, *self._prev[4:])
 
     def _prepare(self, frame: np.ndarray) -> tuple[np.ndarray, float]:
         h, w = frame.shape[:2]
@@ -150,7 +162,8 @@ class VisualOdometry:
         resid = np.linalg.norm(gb[sim_in] @ m[:, :2].T + m[:, 2] - ga[sim_in], axis=1)
         gsd = intr.nadir_gsd(pose.altitude)
         sigma = float(max(0.25 * gsd, 1.5 * np.sqrt(np.mean(resid ** 2)) / math.sqrt(max(1, sim_in.sum()))))
-        step = OdometryStep(t, dt, True, dx, dy, sigma, int(sim_in.sum()), len(a), -rot, s)
+        step = OdometryStep(t, dt, True, dx, dy, sigma, int(sim_in.sum()), len(a), -rot, s,
+                            telemetry_turn_deg=-((-(pose.yaw - p_pose.yaw) + 180.0) % 360.0 - 180.0))
         if sim_in.sum() < self.cfg.min_inliers:
             return fail("no consistent ground motion", tracked=len(a), inliers=int(sim_in.sum()))
         if abs(rot) > (self.cfg.max_rotation_deg if trust_yaw else 0.0):

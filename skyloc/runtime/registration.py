@@ -12,7 +12,7 @@ registration earns an "ok" position.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -36,7 +36,7 @@ class RegistrationConfig:
     min_spread: float = 0.15  # inliers' convex hull, as a share of the frame's area on the ground
     ambiguity: float = 0.6  # a second place with this share of the inliers makes the result ambiguous
     min_frame_px: int = 140  # the warped frame's shorter side at the working resolution, at least
-    max_window_px: int = 1600  # largest map window side read for one registration
+    max_window_px: int = 2048  # largest map window side read for one registration
     sigma_floor_px: float = 0.5  # registration accuracy cannot beat this share of a working pixel
     max_angle_deg: float = 30.0  # keypoint orientations of a match may differ this much (both north-up)
     max_size_ratio: float = 1.8  # keypoint sizes of a match may differ this much (both at one scale)
@@ -58,6 +58,14 @@ class Registration:
     work_gsd: float = 0.0
     corners: np.ndarray | None = field(default=None, repr=False)  # frame footprint on the map [4,2]
     reason: str = ""
+    failed_check: str = ""  # rotation | scale: a good match refused only for disagreeing with the pose
+    rotation_sigma_deg: float = 2.0  # how well rotation_deg measures the heading (1-sigma)
+    scale_sigma: float = 0.03  # how well scale measures log(height)
+
+
+def wrap_deg(deg: float) -> float:
+    """An angle in (-180, 180]."""
+    return -((-deg + 180.0) % 360.0 - 180.0)
 
 
 def log10_nfa(n: int, k: int, p: float) -> float:
@@ -144,6 +152,7 @@ class MapRegistration:
         self.detector = make_detector(self.cfg.features, self.cfg.max_features)
         self.tile_detector = make_detector(self.cfg.features, 0)
         self._map_features: dict[float, MapFeatures] = {}
+        self._frame_cache: tuple | None = None
 
     def map_features(self, gsd: float) -> MapFeatures:
         key = round(gsd, 4)
@@ -198,7 +207,7 @@ class MapRegistration:
         return (np.float32([k.pt for k in kp]), np.float32([k.angle for k in kp]), np.float32([k.size for k in kp]),
                 desc)
 
-    def _match(self, f, m, target: np.ndarray, reach_px: float):
+    def _match(self, f, m, target: np.ndarray, reach_px: float, extra_deg: float = 0.0, extra_scale: float = 0.0):
         """Ratio-test matches among the pairs that geometry allows.
 
         Both images are north-up at one scale, so a frame keypoint can only match a map keypoint
@@ -209,39 +218,35 @@ class MapRegistration:
         fxy, fang, fsize, fdesc = f
         mxy, mang, msize, mdesc = m
         cfg = self.cfg
-        cos_max = math.cos(math.radians(cfg.max_angle_deg))
-        log_size = math.log(cfg.max_size_ratio)
+        cos_max = math.cos(math.radians(min(180.0, cfg.max_angle_deg + extra_deg)))
+        log_size = math.log(cfg.max_size_ratio) + math.log1p(extra_scale)
         cell = max(reach_px, 24.0)
         mkeys = np.floor(mxy / cell).astype(np.int64)
-        buckets: dict[tuple[int, int], list[int]] = {}
-        for j, k in enumerate(map(tuple, mkeys)):
-            buckets.setdefault(k, []).append(j)
         fkeys = np.floor(target / cell).astype(np.int64)
         src, dst = [], []
         fa, ma = np.radians(fang), np.radians(mang)
-        fl, ml = np.log(np.maximum(fsize, 1e-3)), np.log(np.maximum(msize, 1e-3))
+        fcs = np.column_stack([np.cos(fa), np.sin(fa)]).astype(np.float32)  # cos(a - b) = [cos a, sin a] . [cos b, sin b]
+        mcs = np.column_stack([np.cos(ma), np.sin(ma)]).astype(np.float32)
+        fl, ml = np.log(np.maximum(fsize, 1e-3)).astype(np.float32), np.log(np.maximum(msize, 1e-3)).astype(np.float32)
+        target = target.astype(np.float64)
+        mxy64 = mxy.astype(np.float64)
+        tn, mn = (target ** 2).sum(1), (mxy64 ** 2).sum(1)
         for key in set(map(tuple, fkeys)):
             fi = np.flatnonzero((fkeys[:, 0] == key[0]) & (fkeys[:, 1] == key[1]))
-            mj = [j for dx in (-1, 0, 1) for dy in (-1, 0, 1) for j in buckets.get((key[0] + dx, key[1] + dy), ())]
+            mj = np.flatnonzero((np.abs(mkeys[:, 0] - key[0]) <= 1) & (np.abs(mkeys[:, 1] - key[1]) <= 1))
             if len(mj) == 0:
                 continue
-            mj = np.asarray(mj)
-            d = target[fi, None, :] - mxy[None, mj, :]
-            ok = (d[..., 0] ** 2 + d[..., 1] ** 2) <= reach_px * reach_px
-            ok &= np.cos(fa[fi, None] - ma[None, mj]) >= cos_max
-            ok &= np.abs(fl[fi, None] - ml[None, mj]) <= log_size
+            bad = (tn[fi, None] + mn[None, mj] - 2.0 * (target[fi] @ mxy64[mj].T)) > reach_px * reach_px
+            if cos_max > -1.0:
+                bad |= (fcs[fi] @ mcs[mj].T) < cos_max
+            bad |= np.abs(fl[fi, None] - ml[None, mj]) > log_size
             sim = fdesc[fi] @ mdesc[mj].T  # RootSIFT rows have unit length: distance^2 = 2 - 2 sim
-            sim[~ok] = -2.0
-            if sim.shape[1] == 1:
-                best = np.zeros(len(fi), np.int64)
-                second = np.full(len(fi), -2.0)
-            else:
-                top2 = np.argpartition(-sim, 1, axis=1)[:, :2]
-                s2 = np.take_along_axis(sim, top2, axis=1)
-                swap = s2[:, 1] > s2[:, 0]
-                best = np.where(swap, top2[:, 1], top2[:, 0])
-                second = np.where(swap, s2[:, 0], s2[:, 1])
-            s1 = sim[np.arange(len(fi)), best]
+            np.putmask(sim, bad, -2.0)
+            rows = np.arange(len(fi))
+            best = sim.argmax(axis=1)
+            s1 = sim[rows, best].copy()
+            sim[rows, best] = -2.0
+            second = sim.max(axis=1) if sim.shape[1] > 1 else np.full(len(fi), -2.0, np.float32)
             d1 = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * s1))
             d2 = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * second))
             keep = (s1 > -2.0) & np.where(second > -2.0, d1 < cfg.ratio * d2, d1 < 0.5)
@@ -251,22 +256,66 @@ class MapRegistration:
             return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
         return np.concatenate(src).astype(np.float32), np.concatenate(dst).astype(np.float32)
 
+    def frame_features(self, frame: np.ndarray, intr: Intrinsics, pose: Pose):
+        """The frame warped north-up at the working resolution and its features; the last few are
+        kept, since relocalization registers one frame at several places (and the warp does not
+        depend on where the drone is)."""
+        gsd = self.work_gsd(intr, pose)
+        key = (id(frame), frame.shape, round(gsd, 6), round(pose.altitude, 4), round(pose.yaw, 4), pose.tilt,
+               pose.pitch, pose.roll, intr)
+        if self._frame_cache is not None and self._frame_cache[0] == key and self._frame_cache[1] is frame:
+            return self._frame_cache[2]
+        warped = self.warp_frame(frame, intr, pose, gsd)
+        out = None if warped is None else (gsd, warped, self._features(warped[0], warped[1]))
+        self._frame_cache = (key, frame, out)
+        return out
+
     def register(self, frame: np.ndarray, intr: Intrinsics, pose: Pose, search_radius_m: float,
-                 strict: bool = False) -> Registration:
+                 strict: bool = False, hypotheses: list[tuple[float, float]] | None = None,
+                 rotation_tol_deg: float | None = None, scale_tol: float | None = None) -> Registration:
         """Find the frame on the map within `search_radius_m` of (pose.x, pose.y).
 
         strict=True (relocalization, no track to agree with) asks for twice the inliers.
+        hypotheses: (heading offset deg, height factor) pairs to try when the pose's heading or
+        height is uncertain; each is checked within rotation_tol_deg / scale_tol (default: the
+        config's). Heading offsets turn the frame's features about the nadir point (the frame is
+        warped and described once); each height factor warps the frame at that height, so its
+        features meet the map's at their own scale. The a-contrario threshold is tightened by the
+        number of hypotheses and the width of the tolerances. The result's rotation_deg is the
+        true heading minus pose.yaw and its scale the true height over pose.altitude.
         """
         cfg = self.cfg
-        fail = lambda reason, **kw: Registration(False, reason=reason, **kw)  # noqa: E731
         if not (math.isfinite(pose.altitude) and pose.altitude > 0):
-            return fail("no altitude")
-        gsd = self.work_gsd(intr, pose)
-        warped = self.warp_frame(frame, intr, pose, gsd)
-        if warped is None:
+            return Registration(False, reason="no altitude")
+        hyps = hypotheses or [(0.0, 1.0)]
+        rot_tol = cfg.max_rotation_deg if rotation_tol_deg is None else max(cfg.max_rotation_deg, rotation_tol_deg)
+        sc_tol = cfg.max_scale_error if scale_tol is None else max(cfg.max_scale_error, scale_tol)
+        # more hypotheses and wider tolerances are more chances to agree by chance: the a-contrario
+        # threshold counts them as tests
+        penalty = math.log10(len(hyps) * max(1.0, rot_tol / cfg.max_rotation_deg)
+                             * max(1.0, math.log1p(sc_tol) / math.log1p(cfg.max_scale_error)))
+        best: Registration | None = None
+        for k in dict.fromkeys(k for _, k in hyps):  # one warp per height, in the given order
+            at = replace(pose, altitude=pose.altitude * k)
+            for dh in [h for h, kk in hyps if kk == k]:
+                r = self._register_at(frame, intr, at, search_radius_m, strict, dh, rot_tol, sc_tol, penalty)
+                r.scale *= k
+                if r.ok:  # hypotheses come likeliest first, and the threshold already counts them all
+                    return r
+                if best is None or r.inliers > best.inliers:
+                    best = r
+        return best
+
+    def _register_at(self, frame, intr: Intrinsics, pose: Pose, search_radius_m: float, strict: bool, dh: float,
+                     rot_tol: float, sc_tol: float, penalty: float) -> Registration:
+        cfg = self.cfg
+        fail = lambda reason, **kw: Registration(False, reason=reason, **kw)  # noqa: E731
+        ff = self.frame_features(frame, intr, pose)
+        if ff is None:
             return fail("the camera does not see a usable patch of ground")
-        fimg, fmask, (e0, n1) = warped
-        half = search_radius_m + 0.5 * math.hypot(fimg.shape[1], fimg.shape[0]) * gsd
+        gsd, (fimg, fmask, (e0, n1)), f = ff
+        half = search_radius_m + 0.5 * math.hypot(fimg.shape[1], fimg.shape[0]) * gsd \
+            * (1 + max(0.0, sc_tol - cfg.max_scale_error))
         side_px = int(math.ceil(2 * half / gsd))
         if side_px > cfg.max_window_px:
             return fail(f"search area too large ({2 * half:.0f} m at {gsd:.2f} m/px)", work_gsd=gsd)
@@ -274,21 +323,41 @@ class MapRegistration:
         mf = self.map_features(gsd).window(wx0, wy1, side_px, side_px)
         if mf is None:
             return fail("the search area is outside the map or has no texture", work_gsd=gsd)
-        f = self._features(fimg, fmask)
-        if f is None or mf is None or len(f[0]) < 8 or len(mf[0]) < 8:
+        if f is None or len(f[0]) < 8 or len(mf[0]) < 8:
             return fail("too few features (low texture)", work_gsd=gsd)
-        # the nadir point in the warped frame, and the map window's pixel -> ground mapping
         nadir = np.array([-e0 / gsd, n1 / gsd])
-        centre_px = np.array([(pose.x - wx0) / gsd, (wy1 - pose.y) / gsd])
-        reach_px = search_radius_m / gsd + 3
+        return self._register_one(f, fimg, fmask, nadir, gsd, mf, pose, wx0, wy1, search_radius_m, strict,
+                                  dh, 1.0, rot_tol, sc_tol, penalty)
 
+    def _register_one(self, f, fimg, fmask, nadir, gsd, mf, pose: Pose, wx0, wy1, search_radius_m, strict,
+                      dh: float, k: float, rot_tol: float, sc_tol: float, nfa_penalty: float) -> Registration:
+        """One hypothesis: the frame features turned by dh (heading offset, deg clockwise) and
+        scaled by k (height factor) about the nadir point, matched, fitted and checked."""
+        cfg = self.cfg
+        fail = lambda reason, **kw: Registration(False, reason=reason, **kw)  # noqa: E731
+        fxy, fang, fsize, fdesc = f
+        if dh or k != 1.0:
+            # a camera turned clockwise by dh sees the ground turned anticlockwise: its north-up
+            # warp must turn clockwise on the map (image y points down, so +dh is clockwise here)
+            a = math.radians(dh)
+            rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+            fxy = ((fxy - nadir) @ rot.T * k + nadir).astype(np.float32)
+            fang = ((fang + dh) % 360.0).astype(np.float32)
+            fsize = (fsize * k).astype(np.float32)
+        extra_deg = max(0.0, rot_tol - cfg.max_rotation_deg)
+        extra_scale = max(0.0, sc_tol - cfg.max_scale_error)
+        radius_px = float(np.max(np.linalg.norm(fxy - nadir, axis=1))) if len(fxy) else 0.0
+        centre_px = np.array([(pose.x - wx0) / gsd, (wy1 - pose.y) / gsd])
+        reach_px = search_radius_m / gsd + 3 + radius_px * (math.radians(extra_deg) + extra_scale)
         # where each frame keypoint lands on the map window if the drone is at the search centre
-        src, dst = self._match(f, mf, centre_px - (nadir - f[0]), reach_px)
+        ff = (fxy, fang, fsize, fdesc)
+        src, dst = self._match(ff, mf, centre_px - (nadir - fxy), reach_px, extra_deg, extra_scale)
+        flipped = False
         if cfg.yaw_flip_ok:  # the frame turned by 180 deg about its nadir point
-            turned = (f[0], (f[1] + 180.0) % 360.0, f[2], f[3])
-            fsrc, fdst = self._match(turned, mf, centre_px + (nadir - f[0]), reach_px)
+            turned = (fxy, (fang + 180.0) % 360.0, fsize, fdesc)
+            fsrc, fdst = self._match(turned, mf, centre_px + (nadir - fxy), reach_px, extra_deg, extra_scale)
             if len(fsrc) > len(src):
-                src, dst = fsrc, fdst
+                src, dst, flipped = fsrc, fdst, True
         if len(src) < cfg.min_inliers:
             return fail(f"too few matches ({len(src)})", matches=len(src), work_gsd=gsd)
         best = self._fit(src, dst)
@@ -302,23 +371,35 @@ class MapRegistration:
         p = m[:, :2] @ nadir + m[:, 2]
         x, y = wx0 + p[0] * gsd, wy1 - p[1] * gsd
         fcorners = np.array([[0, 0], [fimg.shape[1], 0], [fimg.shape[1], fimg.shape[0]], [0, fimg.shape[0]]], float)
+        if dh or k != 1.0:
+            fcorners = (fcorners - nadir) @ np.array([[math.cos(math.radians(dh)), -math.sin(math.radians(dh))],
+                                                      [math.sin(math.radians(dh)), math.cos(math.radians(dh))]]).T * k \
+                + nadir
         mc = fcorners @ m[:, :2].T + m[:, 2]
         corners = np.column_stack([wx0 + mc[:, 0] * gsd, wy1 - mc[:, 1] * gsd])
         hull = cv2.convexHull(src[inl].astype(np.float32))
-        spread = float(cv2.contourArea(hull) / max(1.0, fmask.sum()))
+        spread = float(cv2.contourArea(hull) / max(1.0, fmask.sum() * k * k))
         resid = np.linalg.norm(src[inl] @ m[:, :2].T + m[:, 2] - dst[inl], axis=1)
         sigma = gsd * max(cfg.sigma_floor_px, 2.0 * float(np.sqrt(np.mean(resid ** 2))) / math.sqrt(n_in))
-        r = Registration(False, float(x), float(y), float(sigma), n_in, len(src), float(ratio), rot, s, spread, gsd,
-                         corners)
+        rot_resid = rot if not flipped else wrap_deg(rot + 180.0)
+        r = Registration(False, float(x), float(y), float(sigma), n_in, len(src), float(ratio),
+                         float(dh + rot_resid), float(k * s), spread, gsd, corners)
+        # how well this placement measures heading and height (for the bias filter)
+        if radius_px > 0:
+            r.rotation_sigma_deg = float(max(0.3, math.degrees(float(np.sqrt(np.mean(resid ** 2))) / max(1.0, 0.5 * radius_px))
+                                             / math.sqrt(n_in) * 3.0))
+            r.scale_sigma = float(max(0.003, math.radians(r.rotation_sigma_deg)))
         need = cfg.min_inliers * (2 if strict else 1)
         area_px = math.pi * reach_px ** 2
-        lnfa = log10_nfa(len(src), n_in, math.pi * cfg.ransac_px ** 2 / area_px)
+        lnfa = log10_nfa(len(src), n_in, math.pi * cfg.ransac_px ** 2 / area_px) + nfa_penalty
         if n_in < need or ratio < cfg.min_inlier_ratio or lnfa > cfg.max_log10_nfa - (3 if strict else 0):
             r.reason = f"weak match ({n_in} inliers of {len(src)}, {ratio:.0%}, log10 NFA {lnfa:.1f})"
-        elif min(abs(rot), 180.0 - abs(rot) if cfg.yaw_flip_ok else 999.0) > cfg.max_rotation_deg:
-            r.reason = f"rotation {rot:+.1f} deg disagrees with the yaw"
-        elif abs(s - 1.0) > cfg.max_scale_error:
-            r.reason = f"scale {s:.2f} disagrees with the altitude"
+        elif abs(rot_resid) > rot_tol:
+            r.reason = f"rotation {dh + rot_resid:+.1f} deg disagrees with the heading"
+            r.failed_check = "rotation"
+        elif abs(s - 1.0) > sc_tol:
+            r.reason = f"scale {k * s:.2f} disagrees with the height"
+            r.failed_check = "scale"
         elif spread < cfg.min_spread:
             r.reason = f"inliers cover only {spread:.0%} of the frame"
         elif math.hypot(x - pose.x, y - pose.y) > search_radius_m + 3 * gsd:

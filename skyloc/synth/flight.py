@@ -17,7 +17,7 @@ import numpy as np
 
 from skyloc.errors import SkylocError
 from skyloc.runtime.geo import GeoMap
-from skyloc.synth.render import Camera, motion_blur, photometric, render_view
+from skyloc.synth.render import Camera, motion_blur, photometric, render_view, render_view_terrain
 
 
 @dataclass
@@ -38,6 +38,9 @@ class FlightConfig:
     exposure: float = 0.0  # 0: per-frame random photometrics (training-like); > 0: a camera's drifting exposure
     exposure_time: float = 0.0  # s: motion blur along the flight (0: none)
     shake: float = 0.0  # share of frames blurred by vibration
+    dem: str | None = None  # hills (GeoTIFF in the map's CRS, e.g. write_dem): the drone holds `altitude`
+    #                         above the take-off point, as a barometer reports it; the CSV's alt is that
+    #                         (agl holds the true height above the ground)
 
 
 def _wander(n: int, dt: float, cfg: FlightConfig, rng: np.random.Generator, lo, hi) -> np.ndarray:
@@ -151,22 +154,40 @@ def render_flight(map_path: str | Path, video_path: str | Path, telemetry_path: 
     if not writer.isOpened():
         raise SkylocError(f"cannot write video {video_path}: OpenCV has no mp4v encoder here")
     look = CameraLook(cfg, len(xy), rng) if cfg.exposure > 0 else None
+    elevation = home = None
+    if cfg.dem:
+        from skyloc.runtime.terrain import Terrain
+
+        terrain = Terrain(cfg.dem, gmap.crs, gmap.bounds)
+        cols, rows_ = np.meshgrid(np.arange(image.shape[1]) + 0.5, np.arange(image.shape[0]) + 0.5)
+        xs, ys = transform[2] + cols * transform[0], transform[5] + rows_ * transform[4]
+        elevation = np.vectorize(terrain.elevation)(xs[::8, ::8], ys[::8, ::8]).astype(np.float32)
+        elevation = cv2.resize(np.nan_to_num(elevation, nan=float(np.nanmean(elevation))),
+                               (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+        home = terrain.elevation(*xy[0])
     rows = []
     for i, (x, y) in enumerate(xy):
         nxt = xy[(i + 1) % len(xy)] if cfg.route == "circle" else xy[i + 1] if i + 1 < len(xy) else xy[i] + (xy[i] - xy[i - 1])
         yaw = float(np.degrees(np.arctan2(nxt[0] - x, nxt[1] - y)) % 360)
         alt = cfg.altitude + cfg.altitude_jitter * np.sin(i / max(1, len(xy)) * 2 * np.pi)  # periodic: loops too
         cam = Camera(x, y, alt, yaw, cfg.pitch, cfg.hfov, cfg.width, cfg.height)
-        view = render_view(image, transform, cam)
+        agl = alt
+        if elevation is not None:
+            ground = float(cv2.getRectSubPix(elevation, (1, 1), ((x - transform[2]) / transform[0],
+                                                                 (y - transform[5]) / transform[4]))[0, 0])
+            agl = alt + home - ground
+            cam = Camera(x, y, agl, yaw, cfg.pitch, cfg.hfov, cfg.width, cfg.height)
+            view = render_view_terrain(image, transform, cam, elevation, home + alt)
+        else:
+            view = render_view(image, transform, cam)
         if look is None:
             frame = photometric(view, rng, strength=0.7)
         else:
-            gsd = cam.intrinsics.nadir_gsd(alt)
-            frame = look(view, i, cfg.speed * cfg.exposure_time / gsd)
+            frame = look(view, i, cfg.speed * cfg.exposure_time / cam.intrinsics.nadir_gsd(agl))
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         lat, lon = gmap.geodesy.to_latlon(x, y)
         rows.append({"time": f"{i / cfg.fps:.3f}", "lat": f"{lat:.8f}", "lon": f"{lon:.8f}",
-                     "alt": f"{alt:.2f}", "yaw": f"{yaw:.2f}"})
+                     "alt": f"{alt:.2f}", "yaw": f"{yaw:.2f}", **({"agl": f"{agl:.2f}"} if elevation is not None else {})})
         if progress:
             progress(1)
     writer.release()
@@ -176,5 +197,9 @@ def render_flight(map_path: str | Path, video_path: str | Path, telemetry_path: 
         w.writerows(rows)
     gmap.close()
     yaws = np.unwrap(np.radians([float(r["yaw"]) for r in rows]))
-    return {"frames": len(rows), "video": str(video_path), "telemetry": str(telemetry_path),
-            "yaw_change_deg": float(np.degrees(yaws.max() - yaws.min()))}
+    out = {"frames": len(rows), "video": str(video_path), "telemetry": str(telemetry_path),
+           "yaw_change_deg": float(np.degrees(yaws.max() - yaws.min()))}
+    if elevation is not None:
+        agls = [float(r["agl"]) for r in rows]
+        out.update(home_elevation_m=float(home), agl_range_m=(min(agls), max(agls)))
+    return out

@@ -53,6 +53,27 @@ def render_view(map_rgb: np.ndarray, transform, cam: Camera) -> np.ndarray:
                                borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
 
 
+def render_view_terrain(map_rgb: np.ndarray, transform, cam: Camera, elevation: np.ndarray,
+                        camera_z: float) -> np.ndarray:
+    """Warp the map into a camera over hills: each pixel's ray meets the terrain (`elevation`,
+    metres per map pixel) by fixed-point iteration from the camera at height `camera_z` (same
+    datum). cam.altitude is ignored; the view has the relief displacement real frames have."""
+    a, _, c, _, e, f = transform[:6]
+    r = geometry.world_from_camera(cam.pose)
+    us, vs = np.meshgrid(np.arange(cam.width, dtype=np.float64) + 0.5, np.arange(cam.height, dtype=np.float64) + 0.5)
+    rays = np.stack([us, vs, np.ones_like(us)], -1) @ np.linalg.inv(cam.intrinsics.matrix).T @ r.T
+    if np.any(rays[..., 2] >= -1e-3):
+        raise ValueError("the camera sees the horizon: terrain rendering needs a downward view")
+    col0, row0 = (cam.x - c) / a, (cam.y - f) / e
+    z = np.full(us.shape, float(cv2.getRectSubPix(elevation, (1, 1), (col0, row0))[0, 0]), np.float32)
+    for _ in range(6):
+        t = (camera_z - z) / -rays[..., 2]
+        px = ((cam.x + t * rays[..., 0] - c) / a).astype(np.float32)
+        py = ((cam.y + t * rays[..., 1] - f) / e).astype(np.float32)
+        z = cv2.remap(elevation, px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.remap(map_rgb, px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+
+
 def north_up_tile(map_rgb: np.ndarray, transform, x: float, y: float, size_m: float, out_px: int) -> np.ndarray:
     """A north-up square of size_m metres centred at (x, y): the 'satellite' view of a place."""
     a, _, c, _, e, f = transform[:6]

@@ -217,3 +217,33 @@ def write_geotiff(world: SynthMap, path: str | Path, bands: int = 3, border: flo
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(np.transpose(img, (2, 0, 1)))
     return path
+
+
+def generate_terrain(world: SynthMap, relief_m: float = 80.0, seed: int = 0, wavelength_m: float = 700.0) -> np.ndarray:
+    """Smooth hills under a world (float32 metres above sea level, one value per map pixel):
+    `relief_m` from the lowest to the highest point, features about `wavelength_m` across."""
+    n = world.image.shape[0]
+    rng = np.random.default_rng(zlib.crc32(f"terrain{seed}".encode()))
+    cells = max(2, int(round(n * world.gsd / wavelength_m)) + 2)
+    coarse = rng.normal(0, 1, (cells, cells)).astype(np.float32)
+    z = cv2.resize(coarse, (n, n), interpolation=cv2.INTER_CUBIC)
+    z = cv2.GaussianBlur(z, (0, 0), max(1.0, 0.15 * wavelength_m / world.gsd))
+    z = (z - z.min()) / max(1e-6, float(z.max() - z.min()))
+    return (200.0 + relief_m * z).astype(np.float32)
+
+
+def write_dem(world: SynthMap, elevation: np.ndarray, path: str | Path, step: int = 8) -> Path:
+    """The elevation model as a GeoTIFF beside the map, `step` map pixels per DEM pixel (DEMs are coarse)."""
+    import rasterio
+    from affine import Affine
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = elevation.shape
+    small = cv2.resize(elevation, (w // step, h // step), interpolation=cv2.INTER_AREA)
+    a, b, c, d, e, f = world.transform
+    profile = dict(driver="GTiff", width=small.shape[1], height=small.shape[0], count=1, dtype="float32",
+                   crs=world.crs, transform=Affine(a * step, b, c, d, e * step, f), compress="deflate")
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(small[None])
+    return path

@@ -1,0 +1,44 @@
+"""A closed loop with a real ArduPilot (SITL): skipped without the user's binary (SKYLOC_SITL).
+
+CI and users without SITL skip these; build it with ArduPilot's `./waf configure --board sitl &&
+./waf copter` and point SKYLOC_SITL at build/sitl/bin/arducopter.
+"""
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from skyloc.onboard.sitl import ARDUPILOT_PARAMS
+
+ROOT = Path(__file__).resolve().parents[1]
+SITL = os.environ.get("SKYLOC_SITL")
+
+
+def test_the_readme_gives_exactly_the_parameters_the_sitl_loop_sets():
+    """What `skyloc sitl` sets on the autopilot is what the README tells users to set."""
+    readme = (ROOT / "README.md").read_text()
+    for output, params in ARDUPILOT_PARAMS.items():
+        for name, value in params.items():
+            assert re.search(rf"`{name}`\s*\|\s*{value:g}\b", readme), f"README lacks {name} | {value} ({output})"
+
+
+@pytest.mark.skipif(not SITL, reason="needs an ArduCopter SITL binary: set SKYLOC_SITL=.../build/sitl/bin/arducopter")
+def test_hover_and_a_straight_leg_on_skyloc_with_gps_off(tmp_path, onnx_model):
+    from skyloc.cli import _sitl_world
+    from skyloc.onboard.config import DaemonConfig, MavlinkConfig
+    from skyloc.onboard.sitl import SitlConfig, run_sitl
+    from skyloc.runtime.geo import GeoMap
+
+    cache, camera = _sitl_world(onnx_model, tmp_path, 80.0)
+    gm = GeoMap(camera)
+    left, bottom, right, top = gm.bounds
+    lat, lon = gm.geodesy.to_latlon((left + right) / 2, (bottom + top) / 2 - 75)
+    cfg = DaemonConfig(model=str(onnx_model), cache=str(cache), source="sim://camera", max_fps=10,
+                       mavlink=MavlinkConfig(outputs=["odometry"]))
+    rep = run_sitl(SitlConfig(binary=Path(SITL), out=tmp_path / "out", home=(lat, lon, 50.0, 0.0), altitude=80.0,
+                              box_m=150.0, speed=8.0, camera_cut_s=0.0, mission="leg"), cfg, camera)
+    assert rep["completed"], rep
+    assert not rep["failsafes"], rep["failsafes"]
+    assert rep["ekf_error_m"]["p95"] < 6.0 and rep["skyloc_ok_share"] > 0.9
+    assert rep["skyloc_ok_within_3x"] >= 0.95
