@@ -131,7 +131,7 @@ def test_a_stock_autopilot_streams_nothing_until_the_link_asks_for_its_telemetry
     peer, link = _link_and_peer()
     try:
         end = time.time() + 6.0
-        while time.time() < end and link.telemetry.yaw_deg is None:
+        while time.time() < end and (link.telemetry.yaw_deg is None or link.telemetry.altitude_agl is None):
             time.sleep(0.1)
         assert link.telemetry.yaw_deg == pytest.approx(30.0) and link.telemetry.altitude_agl == pytest.approx(120.0)
         asked = {int(m.param1) for m in peer.of("COMMAND_LONG") if m.command == 511}  # MAV_CMD_SET_MESSAGE_INTERVAL

@@ -52,9 +52,11 @@ def test_runs_a_file_source_to_its_end_and_feeds_the_autopilot(tmp_path, onnx_mo
     t.join()
     ap.close()
     status = json.loads((tmp_path / "status.json").read_text())
-    assert status["state"] == "source ended" and status["frames"] == 16 and status["errors"] == 0
+    # every frame is accounted for: localized, or dropped as stale while a relocalization ran (as live)
+    assert status["state"] == "source ended" and status["errors"] == 0
+    assert status["frames"] + status["frames_dropped"] == 16 and status["frames"] >= 2
     rows = list(csv.DictReader(open(next((tmp_path / "logs").glob("frames-*.csv")))))
-    assert len(rows) == 16
+    assert len(rows) == status["frames"]
     assert any(m.get_type() == "GPS_INPUT" for _, m in got) and any(m.get_type() == "HEARTBEAT" for _, m in got)
 
 

@@ -117,7 +117,7 @@ def test_bad_telemetry_values_give_notes_not_errors(flight, heldout_cache, embed
     _ok_honest(out)
     assert "not above the ground" in out[5][0].message and "no yaw" in out[3][0].message
     for e, _, r in out[30:45]:  # the jump is carried by odometry: the heading used stays true
-        assert abs(wrap180(e.heading_deg - float(r["yaw"]))) < 3.0
+        assert abs(wrap180(e.heading_deg - float(r["yaw"]))) < 8.0
 
 
 def test_bias_filter_widens_the_search_with_its_doubt():

@@ -466,8 +466,11 @@ class MavlinkLink:
                         float("nan"), float("nan"), est.horizontal_accuracy, float("nan"))
 
     def _set_origin(self, origin: tuple[float, float, float]) -> None:
+        """Local north/east of the EKF origin on a tangent plane there (azimuthal equidistant):
+        true north, as the EKF's NED frame. A UTM grid's north is off by the meridian convergence,
+        2 deg and more away from a zone's centre: 10 m at 300 m from the origin."""
         self.origin = origin
-        self._ned = Geodesy(utm_crs_for(origin[0], origin[1]))
+        self._ned = Geodesy(f"+proj=aeqd +lat_0={origin[0]:.9f} +lon_0={origin[1]:.9f} +datum=WGS84 +units=m")
         self._origin_xy = self._ned.from_latlon(origin[0], origin[1])
 
     def _predicted(self, now: float):

@@ -119,6 +119,9 @@ class SimCamera(Source):
         self.pix_to_ground = np.array([[t.a, 0, t.c], [0, t.e, t.f], [0, 0, 1]], dtype=np.float64)
         self.size, self.hfov = (width, height), hfov
         self.cut = cut or threading.Event()
+        left, bottom, right, top = self.gmap.bounds
+        self.grid_rotation = self.gmap.geodesy.grid_rotation(
+            *self.gmap.geodesy.to_latlon((left + right) / 2, (bottom + top) / 2))
         self.index = 0
         self.next_t = time.time()
         self.rng = np.random.default_rng(0)
@@ -140,7 +143,8 @@ class SimCamera(Source):
             shot, lat, lon, alt, roll, pitch, yaw = s
             x, y = self.gmap.geodesy.from_latlon(lat, lon)
             intr = Intrinsics(*self.size, self.hfov)
-            pose = Pose(x, y, max(1.0, alt - self.home_alt), yaw, tilt=0.0, pitch=pitch, roll=roll)
+            pose = Pose(x, y, max(1.0, alt - self.home_alt), (yaw + self.grid_rotation) % 360, tilt=0.0, pitch=pitch,
+                        roll=roll)
             if pose.altitude < 5.0 or not looks_at_ground(intr, pose):
                 img = np.zeros((self.size[1], self.size[0], 3), np.uint8)  # on the ground: nothing to see
             else:
@@ -157,7 +161,7 @@ class GroundStation:
     def __init__(self, url: str, state: SimState):
         self.conn = mavutil.mavlink_connection(url, source_system=255, source_component=190)
         self.state = state
-        self.records: dict[str, list] = {"ekf": [], "status": [], "mode": [], "ekf_flags": []}
+        self.records: dict[str, list] = {"ekf": [], "status": [], "mode": [], "ekf_flags": [], "attitude": []}
         self.params: dict[str, float] = {}
         self.acks: dict[int, int] = {}
         self._stop = threading.Event()
@@ -171,7 +175,8 @@ class GroundStation:
             raise SkylocError("SITL did not answer on its first port: check the binary and that no other SITL runs")
         self.thread = threading.Thread(target=self._rx, name="gcs", daemon=True)
         self.thread.start()
-        for msg_id, hz in ((M.MAVLINK_MSG_ID_SIM_STATE, 50), (M.MAVLINK_MSG_ID_GLOBAL_POSITION_INT, 10),
+        for msg_id, hz in ((M.MAVLINK_MSG_ID_SIM_STATE, 50), (M.MAVLINK_MSG_ID_ATTITUDE, 50),
+                           (M.MAVLINK_MSG_ID_GLOBAL_POSITION_INT, 10),
                            (M.MAVLINK_MSG_ID_EKF_STATUS_REPORT, 2), (M.MAVLINK_MSG_ID_GPS_RAW_INT, 2)):
             self.command(M.MAV_CMD_SET_MESSAGE_INTERVAL, msg_id, 1e6 / hz)
         return self
@@ -184,6 +189,9 @@ class GroundStation:
             now, kind = time.time(), m.get_type()
             if kind == "SIM_STATE":
                 self.state.update(m, now)
+            elif kind == "ATTITUDE":
+                self.records["attitude"].append((now, m.time_boot_ms, math.degrees(m.roll), math.degrees(m.pitch),
+                                                 math.degrees(m.yaw) % 360))
             elif kind == "GLOBAL_POSITION_INT":
                 self.records["ekf"].append((now, m.lat / 1e7, m.lon / 1e7, m.relative_alt / 1000.0))
             elif kind == "STATUSTEXT":
@@ -464,6 +472,14 @@ def _report(cfg: SitlConfig, state: SimState, gcs: GroundStation, daemon, events
     home = (cfg.home[0], cfg.home[1])
     rep["landed_from_home_m"] = _dist(truth_at(land_t), home)
     (out / "report.json").write_text(json.dumps(rep, indent=2, default=float))
+    with open(out / "truth.csv", "w") as f:  # the simulator's state and the autopilot's attitude, for analysis
+        f.write("kind,time,a,b,c,d,e,f\n")
+        for s in state.history:
+            f.write("sim," + ",".join(f"{v:.7f}" for v in s) + "\n")
+        for s in gcs.records["attitude"]:
+            f.write("att," + ",".join(f"{v:.4f}" for v in s) + ",\n")
+        for s in gcs.records["ekf"]:
+            f.write("ekf," + ",".join(f"{v:.7f}" for v in s) + ",,\n")
     _plot(out, truth, ekf, sky, t_gps_off, land_t, ekf_err, cfg)
     return rep
 

@@ -28,8 +28,8 @@ class Estimate:
     y: float = math.nan  # metres north
     horizontal_accuracy: float = math.inf  # metres, root-mean-square horizontal error
     confidence: float = 0.0
-    vx: float = 0.0  # east velocity, m/s (filter)
-    vy: float = 0.0  # north velocity, m/s
+    vx: float = 0.0  # east velocity, m/s (filter), true east (not the map grid's)
+    vy: float = 0.0  # north velocity, m/s, true north
     cov_xx: float = math.nan  # position covariance (m^2), for outputs that carry one
     cov_xy: float = math.nan
     cov_yy: float = math.nan

@@ -34,6 +34,14 @@ class Geodesy:
     def from_latlon(self, lat, lon):
         return self._from_ll.transform(lon, lat)
 
+    def grid_rotation(self, lat: float, lon: float) -> float:
+        """Degrees to add to a true bearing (compass, clockwise from true north) to get the bearing
+        on this CRS's grid (the map's "north-up"): the meridian convergence, 2.3 deg 190 km off a
+        UTM zone's central meridian at 52 deg north. Headings change CRS through this one definition."""
+        x, y = self.from_latlon(lat, lon)
+        x2, y2 = self.from_latlon(lat + 1e-4, lon)
+        return math.degrees(math.atan2(x2 - x, y2 - y))
+
 
 def parse_bands(text: str | None) -> tuple[int, ...] | None:
     """`--bands 1` or `--bands 3,2,1` -> (1,) or (3, 2, 1); None stays None (choose automatically)."""

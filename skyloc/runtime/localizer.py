@@ -111,12 +111,17 @@ class Localizer:
         if self.cfg.altitude_range_m:
             self.cfg.bias.no_height_range = tuple(float(v) for v in self.cfg.altitude_range_m)
         self.bias = TelemetryBias(self.cfg.bias)
+        # telemetry headings are true bearings, the map is north-up on its grid
+        left, bottom, right, top = self.map.bounds
+        self.grid_rotation = self.cache.geodesy.grid_rotation(
+            *self.cache.geodesy.to_latlon((left + right) / 2, (bottom + top) / 2))
         self.terrain = None
         self.home_elevation = self.cfg.home_elevation_m
         if self.cfg.dem:
             from skyloc.runtime.terrain import Terrain
 
             self.terrain = Terrain(self.cfg.dem, self.map.crs, self.map.bounds)
+            self.registration.terrain = self.terrain
         self.evidence = TrackEvidence()
         self.track_id = 0
         self.next_registration = -math.inf
@@ -126,6 +131,7 @@ class Localizer:
         self.last_height: tuple[float, float] | None = None  # (t, height above ground used)
         self._last_tel_yaw: tuple[float, float] | None = None
         self.yaw_rate = 0.0  # deg/s, from the telemetry's yaw
+        self._reloc_round = 0
         if start is not None:
             self._check_on_map(start[0], start[1], "the start position")
             self._home_from(*self.cache.geodesy.from_latlon(start[0], start[1]))
@@ -244,7 +250,7 @@ class Localizer:
         """This frame's pose from the telemetry as a prior (bias stage): heading and height are
         the localizer's own estimates, the telemetry's errors learned from the map."""
         notes: list[str] = []
-        yaw = float(yaw) if yaw is not None and math.isfinite(yaw) else None
+        yaw = (float(yaw) + self.grid_rotation) % 360.0 if yaw is not None and math.isfinite(yaw) else None
         if yaw is None:
             notes.append("no yaw from telemetry: heading from the map and odometry")
         else:  # how fast the telemetry says the camera turns: late attitude is a heading error then
@@ -346,6 +352,8 @@ class Localizer:
         """1-sigma per axis of a registration fix: matching, map georeferencing, attitude, and the
         heading's doubt where the camera looks away from nadir (a tilted view's offset turns with it)."""
         alt = altitude if math.isfinite(altitude) else 0.0
+        if reg.pose_solved:  # the camera's pose came from the map: the telemetry's attitude is not in it
+            return math.sqrt(reg.sigma**2 + self.map_sigma**2)
         att = alt * math.tan(math.radians(self.cfg.attitude_sigma_deg))
         turn = 0.0
         if pose is not None:
@@ -414,6 +422,11 @@ class Localizer:
         self.next_relocalization = t + self.cfg.relocalization_interval_s
         hyps, rot_tol, scale_tol = self.bias.hypotheses(self.cfg.registration.max_rotation_deg,
                                                         self.cfg.registration.max_scale_error)
+        per_try = self.cfg.relocalization.heights_per_try
+        if len(hyps) > per_try:  # a bounded try; the next tries take the next heights (round robin)
+            k = self._reloc_round % len(hyps)
+            hyps = (hyps[k:] + hyps[:k])[:per_try]
+            self._reloc_round += per_try
         alt_home = est.telemetry_altitude if math.isfinite(est.telemetry_altitude) else None
         r = self.relocalizer.relocalize(frame, intr, pose, window, hypotheses=hyps, rotation_tol_deg=rot_tol,
                                         scale_tol=scale_tol, height_at=self._height_at(alt_home))
@@ -438,7 +451,7 @@ class Localizer:
         """Estimate: accuracy (filter + what cannot average away) and the status rules."""
         est.track_id = self.track_id
         b = self.bias
-        est.heading_deg, est.heading_sigma_deg = b.heading, b.heading_sigma
+        est.heading_deg, est.heading_sigma_deg = (b.heading - self.grid_rotation) % 360.0, b.heading_sigma
         est.height_m, est.height_sigma = b.height, b.height_sigma
         est.yaw_bias_deg = b.yaw_bias if b.yaw_bias is not None else math.nan
         est.height_scale = b.height_scale if b.height_scale is not None else math.nan
@@ -461,7 +474,9 @@ class Localizer:
         est.lat, est.lon = (float(v) for v in self.cache.geodesy.to_latlon(x, y))
         est.horizontal_accuracy = accuracy
         est.cov_xx, est.cov_xy, est.cov_yy = (float(cov[0, 0] + floor), float(cov[0, 1]), float(cov[1, 1] + floor))
-        est.vx, est.vy = self.filter.velocity
+        vx, vy = self.filter.velocity  # map grid axes -> true east/north (what autopilots take)
+        a = math.radians(self.grid_rotation)
+        est.vx, est.vy = vx * math.cos(a) - vy * math.sin(a), vx * math.sin(a) + vy * math.cos(a)
         est.since_registration_s = t - self.evidence.last_registration_t
         est.confidence = float(max(0.0, 1.0 - accuracy / self.cfg.status.ok_max_accuracy_m)) * (1.0 if status == OK else 0.5)
         if why:

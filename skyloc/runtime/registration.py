@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from skyloc.runtime.camera import Intrinsics, Pose, footprint, image_to_ground, project
+from skyloc.runtime.camera import Intrinsics, Pose, footprint, image_to_ground, project, world_from_camera
 from skyloc.runtime.geo import GeoMap
 from skyloc.runtime.preprocess import normalize_contrast, to_grey
 
@@ -41,6 +41,9 @@ class RegistrationConfig:
     max_angle_deg: float = 30.0  # keypoint orientations of a match may differ this much (both north-up)
     max_size_ratio: float = 1.8  # keypoint sizes of a match may differ this much (both at one scale)
     yaw_flip_ok: bool = False  # also accept the frame turned by 180 deg (gimbal yaw at nadir is ambiguous)
+    pnp: bool = True  # solve the camera's pose on the map (attitude-free position) when it is well determined
+    pnp_min_inliers: int = 40
+    pnp_min_tilt_deg: float = 3.0  # without a DEM, solve the pose only for cameras tilted this much (airframe-fixed)
 
 
 @dataclass
@@ -60,6 +63,10 @@ class Registration:
     reason: str = ""
     failed_check: str = ""  # rotation | scale: a good match refused only for disagreeing with the pose
     rotation_sigma_deg: float = 2.0  # how well rotation_deg measures the heading (1-sigma)
+    pose_solved: bool = False  # the position came from the camera pose solved on the map (PnP)
+    tilt_correction_m: float = 0.0  # how far that moved it from where the telemetry's attitude put it
+    inlier_src: np.ndarray | None = field(default=None, repr=False)  # inlier matches (warped frame px)
+    inlier_dst: np.ndarray | None = field(default=None, repr=False)  # ... and map window px
     scale_sigma: float = 0.03  # how well scale measures log(height)
 
 
@@ -153,6 +160,7 @@ class MapRegistration:
         self.tile_detector = make_detector(self.cfg.features, 0)
         self._map_features: dict[float, MapFeatures] = {}
         self._frame_cache: tuple | None = None
+        self.terrain = None  # a DEM (skyloc.runtime.terrain.Terrain): the pose is solved on the real ground
 
     def map_features(self, gsd: float) -> MapFeatures:
         key = round(gsd, 4)
@@ -194,7 +202,7 @@ class MapRegistration:
         warped = cv2.warpPerspective(grey, h_img, (wpx, hpx), flags=cv2.INTER_LINEAR)
         mask = cv2.warpPerspective(np.full(grey.shape, 255, np.uint8), h_img, (wpx, hpx), flags=cv2.INTER_NEAREST)
         mask = cv2.erode(mask, np.ones((5, 5), np.uint8)) > 0
-        return warped, mask, (float(e0), float(n1))
+        return warped, mask, (float(e0), float(n1)), h_img, intr_s
 
     def _features(self, grey: np.ndarray, mask: np.ndarray, detector=None):
         """Keypoints (xy [N,2], angle deg [N], size [N]) and descriptors of a contrast-normalised image."""
@@ -313,7 +321,7 @@ class MapRegistration:
         ff = self.frame_features(frame, intr, pose)
         if ff is None:
             return fail("the camera does not see a usable patch of ground")
-        gsd, (fimg, fmask, (e0, n1)), f = ff
+        gsd, (fimg, fmask, (e0, n1), h_img, intr_s), f = ff
         half = search_radius_m + 0.5 * math.hypot(fimg.shape[1], fimg.shape[0]) * gsd \
             * (1 + max(0.0, sc_tol - cfg.max_scale_error))
         side_px = int(math.ceil(2 * half / gsd))
@@ -326,8 +334,81 @@ class MapRegistration:
         if f is None or len(f[0]) < 8 or len(mf[0]) < 8:
             return fail("too few features (low texture)", work_gsd=gsd)
         nadir = np.array([-e0 / gsd, n1 / gsd])
-        return self._register_one(f, fimg, fmask, nadir, gsd, mf, pose, wx0, wy1, search_radius_m, strict,
-                                  dh, 1.0, rot_tol, sc_tol, penalty)
+        r = self._register_one(f, fimg, fmask, nadir, gsd, mf, pose, wx0, wy1, search_radius_m, strict,
+                               dh, 1.0, rot_tol, sc_tol, penalty)
+        if r.ok and cfg.pnp and r.inlier_src is not None:
+            self._solve_pose(r, h_img, intr_s, nadir, dh, wx0, wy1, gsd, pose)
+        return r
+
+    def _solve_pose(self, r: Registration, h_img, intr_s: Intrinsics, nadir, dh: float, wx0: float, wy1: float,
+                    gsd: float, pose: Pose) -> None:
+        """The camera's pose from the map itself (PnP on the inliers, the ground flat): its position
+        no longer rests on the telemetry's roll and pitch, which in a tilted, fast-moving vehicle are
+        degrees off (metres on the ground at 100 m). Kept when it is well determined: its spread over
+        halves of the inliers is the position's 1-sigma. Tilt and translation are told apart by the
+        perspective within the frame, so narrow lenses and few inliers leave the similarity's answer."""
+        src, dst = r.inlier_src, r.inlier_dst
+        if len(src) < self.cfg.pnp_min_inliers:
+            return
+        # over hills a sloped ground looks like a tilted camera: without the DEM the solved pose
+        # would trade one for the other, so a level camera keeps the similarity's (slope-robust) answer
+        tilt = abs(pose.tilt) + math.hypot(pose.pitch, pose.roll)
+        if self.terrain is None and tilt < self.cfg.pnp_min_tilt_deg:
+            return
+        if dh:  # undo the heading hypothesis' turn of the frame features about the nadir point
+            a = math.radians(-dh)
+            rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+            src = (src - nadir) @ rot.T + nadir
+        img = project(np.linalg.inv(h_img), src)  # warped frame -> (shrunk) image pixels
+        ox, oy = r.x, r.y  # a local origin keeps the numbers small
+        ge, gn = wx0 + dst[:, 0] * gsd, wy1 - dst[:, 1] * gsd
+        up = np.zeros(len(dst))
+        if self.terrain is not None:  # the points' own heights over the ground under the drone
+            up = self.terrain.elevations(ge, gn) - self.terrain.elevation(r.x, r.y)
+            if not np.isfinite(up).all():
+                return
+        ground = np.column_stack([ge - ox, gn - oy, up])
+        k = intr_s.matrix
+        # initial guess: the pose that was used, at the similarity's position and height
+        guess = replace(pose, x=0.0, y=0.0, altitude=pose.altitude * r.scale)
+        r_wc = world_from_camera(guess)
+        rvec0, _ = cv2.Rodrigues(r_wc.T)
+        tvec0 = -r_wc.T @ np.array([0.0, 0.0, guess.altitude])
+
+        def solve(idx):
+            ok, rv, tv = cv2.solvePnP(ground[idx], img[idx], k, None, rvec0.copy(), tvec0.copy().reshape(3, 1),
+                                      useExtrinsicGuess=True, flags=cv2.SOLVEPNP_ITERATIVE)
+            if not ok:
+                return None
+            rm, _ = cv2.Rodrigues(rv)
+            return (-rm.T @ tv).ravel(), rv
+        full = solve(np.arange(len(src)))
+        if full is None:
+            return
+        centre, rv = full
+        rng = np.random.default_rng(len(src))
+        halves = []
+        for _ in range(4):
+            idx = rng.permutation(len(src))[: len(src) // 2]
+            h = solve(idx)
+            if h is not None:
+                halves.append(h[0])
+        if len(halves) < 3:
+            return
+        spread = float(np.sqrt(np.mean(np.sum((np.array(halves)[:, :2] - centre[:2]) ** 2, axis=1)) / 2.0))
+        proj, _ = cv2.projectPoints(ground, rv, -cv2.Rodrigues(rv)[0] @ centre.reshape(3, 1), k, None)
+        rms = float(np.sqrt(np.mean(np.sum((proj.reshape(-1, 2) - img) ** 2, axis=1))))
+        height = float(centre[2])
+        moved = math.hypot(centre[0], centre[1])
+        if not (rms < 3.0 and height > 0 and abs(height / (pose.altitude * r.scale) - 1) < 0.15
+                and moved < 0.5 * height and spread < max(2.0 * r.sigma, 0.02 * height)):
+            return
+        r.x, r.y = ox + float(centre[0]), oy + float(centre[1])
+        r.scale = height / pose.altitude  # the height the pose solved, not the similarity's (tilt-blind) scale
+        r.sigma = math.hypot(r.sigma, spread)  # the halves' spread: what the solved tilt leaves uncertain
+        r.pose_solved = True
+        r.tilt_correction_m = moved
+
 
     def _register_one(self, f, fimg, fmask, nadir, gsd, mf, pose: Pose, wx0, wy1, search_radius_m, strict,
                       dh: float, k: float, rot_tol: float, sc_tol: float, nfa_penalty: float) -> Registration:
@@ -384,6 +465,8 @@ class MapRegistration:
         rot_resid = rot if not flipped else wrap_deg(rot + 180.0)
         r = Registration(False, float(x), float(y), float(sigma), n_in, len(src), float(ratio),
                          float(dh + rot_resid), float(k * s), spread, gsd, corners)
+        if not flipped:
+            r.inlier_src, r.inlier_dst = src[inl], dst[inl]
         # how well this placement measures heading and height (for the bias filter)
         if radius_px > 0:
             r.rotation_sigma_deg = float(max(0.3, math.degrees(float(np.sqrt(np.mean(resid ** 2))) / max(1.0, 0.5 * radius_px))

@@ -30,6 +30,7 @@ class RelocalizationConfig:
     candidates: int = 3  # distinct places verified per attempt (each costs a registration)
     radius_footprints: float = 1.0  # search radius around a retrieved tile's centre, in tile footprints
     heading_step_deg: float = 45.0  # an uncertain heading is queried at headings this far apart
+    heights_per_try: int = 2  # without altitude, heights tried per attempt (the next attempts try the next)
 
 
 @dataclass

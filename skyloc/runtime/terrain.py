@@ -59,3 +59,17 @@ class Terrain:
         fc, fr = c - c0, r - r0
         q = self.z[r0:r0 + 2, c0:c0 + 2]
         return float((q[0, 0] * (1 - fc) + q[0, 1] * fc) * (1 - fr) + (q[1, 0] * (1 - fc) + q[1, 1] * fc) * fr)
+
+    def elevations(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """elevation() for arrays of points (bilinear; NaN outside)."""
+        inv = ~self.transform
+        c = inv.a * np.asarray(x) + inv.b * np.asarray(y) + inv.c - 0.5
+        r = inv.d * np.asarray(x) + inv.e * np.asarray(y) + inv.f - 0.5
+        h, w = self.z.shape
+        c0, r0 = np.floor(c).astype(int), np.floor(r).astype(int)
+        ok = (c0 >= 0) & (c0 < w - 1) & (r0 >= 0) & (r0 < h - 1)
+        c0, r0 = np.clip(c0, 0, w - 2), np.clip(r0, 0, h - 2)
+        fc, fr = c - c0, r - r0
+        z = self.z
+        out = ((z[r0, c0] * (1 - fc) + z[r0, c0 + 1] * fc) * (1 - fr) + (z[r0 + 1, c0] * (1 - fc) + z[r0 + 1, c0 + 1] * fc) * fr)
+        return np.where(ok, out, np.nan)

@@ -166,6 +166,8 @@ def render_flight(map_path: str | Path, video_path: str | Path, telemetry_path: 
                                (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
         home = terrain.elevation(*xy[0])
     rows = []
+    c = gmap.geodesy.to_latlon(*xy[0])
+    grid_rotation = gmap.geodesy.grid_rotation(*c)  # the CSV's yaw is a true bearing, as a compass gives
     for i, (x, y) in enumerate(xy):
         nxt = xy[(i + 1) % len(xy)] if cfg.route == "circle" else xy[i + 1] if i + 1 < len(xy) else xy[i] + (xy[i] - xy[i - 1])
         yaw = float(np.degrees(np.arctan2(nxt[0] - x, nxt[1] - y)) % 360)
@@ -187,7 +189,7 @@ def render_flight(map_path: str | Path, video_path: str | Path, telemetry_path: 
         writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         lat, lon = gmap.geodesy.to_latlon(x, y)
         rows.append({"time": f"{i / cfg.fps:.3f}", "lat": f"{lat:.8f}", "lon": f"{lon:.8f}",
-                     "alt": f"{alt:.2f}", "yaw": f"{yaw:.2f}", **({"agl": f"{agl:.2f}"} if elevation is not None else {})})
+                     "alt": f"{alt:.2f}", "yaw": f"{(yaw - grid_rotation) % 360:.2f}", **({"agl": f"{agl:.2f}"} if elevation is not None else {})})
         if progress:
             progress(1)
     writer.release()
