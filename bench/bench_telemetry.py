@@ -10,7 +10,7 @@ first fix) with its telemetry perturbed one way at a time:
 Worlds:
   hard   the hard synthetic flight of bench_tracking (grey summer map with a white border,
          colour autumn video 852x480, 30 fps, 45 s, 190 m, turns of 120 deg), cpu_small model
-  hilly  a new world with hills (relief 80 m, 42 % of the 190 m flown above take-off), the DEM
+  hilly  a new world with hills (relief 90 m, 47 % of the 190 m flown above take-off), the DEM
          written beside the map, altitude given as a barometer does (above take-off); replayed
          with --dem and without
   naip   NAIP 2015 map, frames rendered from 2020, 1000 m up (../shared/data/naip; skipped when absent)
@@ -161,7 +161,7 @@ def hilly_world(out: Path, emb) -> dict:
     summer = generate(1800, 0.5, seed=11, season="summer", lat=46.6, lon=7.9)
     if not (out / "hilly.csv").is_file():
         write_geotiff(summer, out / "hilly_grey.tif", bands=1)
-        write_dem(summer, generate_terrain(summer, relief_m=80.0, seed=11), out / "hilly_dem.tif")
+        write_dem(summer, generate_terrain(summer, relief_m=90.0, seed=11, wavelength_m=300.0), out / "hilly_dem.tif")
         autumn = write_geotiff(generate(1800, 0.5, seed=11, season="autumn", lat=46.6, lon=7.9), out / "hilly_autumn.tif")
         fcfg = FlightConfig(duration_s=45, fps=30, speed=10, altitude=190, altitude_jitter=0, pitch=0, hfov=60,
                             width=852, height=480, seed=5, route="turns", turn_deg=110, exposure=1.0,
