@@ -572,11 +572,12 @@ def sitl(
     home: Optional[str] = typer.Option(None, help="LAT,LON,ALT_AMSL of home (default: the map's centre, 50 m)"),
     sitl_defaults: Optional[list[Path]] = typer.Option(None, help="SITL parameter files (default: copter.parm of the "
                                                        "binary's ArduPilot tree)"),
+    send_heading: bool = typer.Option(False, help="ODOMETRY carries skyloc's heading; EK3_SRC2_YAW=6"),
     out: Path = typer.Option(Path("sitl_out"), "--out", "-o"),
 ) -> None:
     """A closed loop with ArduPilot SITL: take-off on GPS, switch to skyloc, GPS off, a box, a camera cut, land."""
     from skyloc.onboard.config import DaemonConfig, MavlinkConfig
-    from skyloc.onboard.sitl import ARDUPILOT_PARAMS, SitlConfig, run_sitl
+    from skyloc.onboard.sitl import ARDUPILOT_PARAMS, SitlConfig, autopilot_params, run_sitl
     from skyloc.runtime.geo import GeoMap
 
     if sitl_binary is None:
@@ -607,10 +608,11 @@ def sitl(
         lat0, lon0 = gm.geodesy.to_latlon((left + right) / 2 - box / 2, (bottom + top) / 2 - box / 2)
         alt0 = 50.0
     scfg = SitlConfig(binary=sitl_binary, out=out, home=(lat0, lon0, alt0, 0.0), output=output, altitude=altitude,
-                      box_m=box, speed=speed, camera_cut_s=camera_cut, defaults=list(sitl_defaults or []))
+                      box_m=box, speed=speed, camera_cut_s=camera_cut, defaults=list(sitl_defaults or []),
+                      send_heading=send_heading)
     console.print(f"SITL {sitl_binary}, output {output}, home {lat0:.6f},{lon0:.6f}, box {box:.0f} m at "
                   f"{altitude:.0f} m, {speed:.0f} m/s; parameters set: "
-                  + ", ".join(f"{k}={v}" for k, v in ARDUPILOT_PARAMS[output].items()))
+                  + ", ".join(f"{k}={v}" for k, v in autopilot_params(output, send_heading).items()))
     rep = run_sitl(scfg, cfg, camera_map or map_path, progress=console.print)
     console.print_json(json.dumps({k: v for k, v in rep.items() if k != "events"}, default=float))
     console.print(f"wrote {out}/report.json, track.png, errors.png, frames-*.csv; autopilot log in {out}/sitl/logs")

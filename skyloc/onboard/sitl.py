@@ -60,6 +60,16 @@ ARDUPILOT_PARAMS = {
     },
 }
 
+# On top, for compass-free flight on skyloc's heading (`mavlink.send_heading: true`)
+HEADING_PARAMS = {"EK3_SRC2_YAW": 6, "VISO_YAW_M_NSE": 0.05}
+
+
+def autopilot_params(output: str, send_heading: bool = False) -> dict:
+    params = dict(ARDUPILOT_PARAMS[output])
+    if send_heading and output == "odometry":
+        params.update(HEADING_PARAMS)
+    return params
+
 
 @dataclass
 class SitlConfig:
@@ -71,6 +81,7 @@ class SitlConfig:
     box_m: float = 300.0
     speed: float = 8.0  # m/s along the box
     camera_cut_s: float = 10.0  # camera cut on the second leg (0: none)
+    send_heading: bool = False  # skyloc's heading in ODOMETRY, EK3_SRC2_YAW = 6 (HEADING_PARAMS on top)
     mission: str = "box"  # box: the square and back home; leg: one straight leg north, then land there
     defaults: list[Path] = field(default_factory=list)  # SITL parameter files (the airframe)
     speedup: float = 1.0
@@ -294,7 +305,8 @@ def run_sitl(cfg: SitlConfig, daemon_config, camera_map, progress=print) -> dict
     # the parameters the README tells users to set, as a parameter file loaded at boot (VISO_TYPE,
     # SERIALn_PROTOCOL and GPSn_TYPE take effect only after a reboot when set over MAVLink)
     user_params = work / "skyloc.parm"
-    user_params.write_text("".join(f"{k} {v}\n" for k, v in ARDUPILOT_PARAMS[cfg.output].items()))
+    params = autopilot_params(cfg.output, cfg.send_heading)
+    user_params.write_text("".join(f"{k} {v}\n" for k, v in params.items()))
     cmd = [str(cfg.binary), "--model", "quad", "--speedup", str(cfg.speedup), "-I0", "-w",
            "--defaults", ",".join(str(p) for p in [*defaults, user_params]), "--home", f"{lat0},{lon0},{alt0},{hdg0}"]
     sitl_log = open(work / "sitl.out", "w")
@@ -312,10 +324,10 @@ def run_sitl(cfg: SitlConfig, daemon_config, camera_map, progress=print) -> dict
         time.sleep(2.0)
         gcs = GroundStation("tcp:127.0.0.1:5760", state).start()
         event("SITL up")
-        for name, value in ARDUPILOT_PARAMS[cfg.output].items():  # they were loaded at boot: check
+        for name, value in params.items():  # they were loaded at boot: check
             gcs.conn.mav.param_request_read_send(1, 1, name.encode(), -1)
-        _wait(lambda: all(n in gcs.params for n in ARDUPILOT_PARAMS[cfg.output]), 10, "the parameters")
-        wrong = {n: gcs.params[n] for n, v in ARDUPILOT_PARAMS[cfg.output].items() if abs(gcs.params[n] - v) > 1e-3}
+        _wait(lambda: all(n in gcs.params for n in params), 10, "the parameters")
+        wrong = {n: gcs.params[n] for n, v in params.items() if abs(gcs.params[n] - v) > 1e-3}
         if wrong:
             raise SkylocError(f"SITL did not take the parameter file: {wrong}")
         gcs.set_param("WPNAV_SPEED", cfg.speed * 100)  # the mission's speed (cm/s), not a skyloc setting
@@ -323,6 +335,7 @@ def run_sitl(cfg: SitlConfig, daemon_config, camera_map, progress=print) -> dict
         daemon_config.source = "sim://camera"
         daemon_config.mavlink.url = "tcp:127.0.0.1:5762"
         daemon_config.mavlink.outputs = [cfg.output]
+        daemon_config.mavlink.send_heading = cfg.send_heading
         if cfg.output == "gps_input":
             daemon_config.mavlink.gps_id = 1  # GPS2_TYPE = 14: skyloc is the second GPS
         daemon_config.status_file = str(out / "status.json")
