@@ -42,3 +42,15 @@ def test_hover_and_a_straight_leg_on_skyloc_with_gps_off(tmp_path, onnx_model):
     assert not rep["failsafes"], rep["failsafes"]
     assert rep["ekf_error_m"]["p95"] < 6.0 and rep["skyloc_ok_share"] > 0.9
     assert rep["skyloc_ok_within_3x"] >= 0.95
+
+
+def test_sitl_without_a_binary_is_a_one_line_error(tmp_path):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "SKYLOC_SITL"}
+    for args in ([], ["--sitl", str(tmp_path / "nope")]):
+        r = subprocess.run([sys.executable, "-m", "skyloc.cli", "sitl", *args, "-m", str(tmp_path / "m.onnx"),
+                            "--out", str(tmp_path / "o")], capture_output=True, text=True, env=env, cwd=ROOT)
+        assert r.returncode == 2, r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 2, r.stderr
