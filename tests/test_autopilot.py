@@ -127,6 +127,17 @@ def _ok(lat=47.4, lon=8.5, acc=2.0, source="registration"):
                     source=source, odometry=True)
 
 
+def _fly_ok_until_ready(link, seconds: float = 1.0) -> None:
+    """Publish ok estimates until the autopilot confirmed the origin and sends attitude, then `seconds` more."""
+    end = time.time() + 8.0
+    while time.time() < end and not (link.stats.origin_confirmed and link.telemetry.yaw_deg is not None):
+        link.publish(_ok())
+        time.sleep(0.1)
+    for _ in range(int(seconds * 10)):
+        link.publish(_ok())
+        time.sleep(0.1)
+
+
 def test_a_stock_autopilot_streams_nothing_until_the_link_asks_for_its_telemetry():
     peer, link = _link_and_peer()
     try:
@@ -156,13 +167,7 @@ def test_a_stock_autopilot_streams_nothing_until_the_link_asks_for_its_telemetry
 def test_a_configured_origin_the_autopilot_confirms_still_gets_odometry():
     peer, link = _link_and_peer(origin=(47.4, 8.5, 400.0))
     try:
-        end = time.time() + 8.0
-        while time.time() < end and not (link.stats.origin_confirmed and link.telemetry.yaw_deg is not None):
-            link.publish(_ok())
-            time.sleep(0.1)
-        for _ in range(10):
-            link.publish(_ok())
-            time.sleep(0.1)
+        _fly_ok_until_ready(link)
     finally:
         link.close()
         peer.stop()
@@ -176,22 +181,14 @@ def test_a_camera_outage_is_not_sent_as_a_fix():
 
     peer, link = _link_and_peer(origin=(47.4, 8.5, 400.0))
     try:
-        end = time.time() + 8.0
-        while time.time() < end and not (link.stats.origin_confirmed and link.telemetry.yaw_deg is not None):
-            link.publish(_ok())
-            time.sleep(0.1)
-        for _ in range(10):
-            link.publish(_ok())
-            time.sleep(0.1)
+        _fly_ok_until_ready(link)
         cut = time.time()
         for _ in range(30):  # the daemon publishes predictions while no frame comes
             link.publish(Estimate(time.time(), LOW, lat=47.4, lon=8.5, horizontal_accuracy=8.0, confidence=0.3,
                                   source=NO_FRAME))
             time.sleep(0.1)
         back = time.time()
-        for _ in range(10):
-            link.publish(_ok())
-            time.sleep(0.1)
+        _fly_ok_until_ready(link)
     finally:
         link.close()
         peer.stop()
