@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from skyloc.errors import SkylocError
 from skyloc.runtime.estimate import NO_FIX, NO_FRAME, OK, Estimate
-from skyloc.runtime.geo import Geodesy, utm_crs_for
+from skyloc.runtime.geo import Geodesy
 
 os.environ.setdefault("MAVLINK20", "1")
 from pymavlink import mavutil  # noqa: E402  (MAVLINK20 must be set before the import)

@@ -288,7 +288,6 @@ def _dist(a, b) -> float:
 def run_sitl(cfg: SitlConfig, daemon_config, camera_map, progress=print) -> dict:
     """Fly the mission; return the report (and write it with the plots to cfg.out)."""
     from skyloc.onboard.daemon import Daemon
-    from skyloc.onboard.sources import LatestFrame
 
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
@@ -314,6 +313,7 @@ def run_sitl(cfg: SitlConfig, daemon_config, camera_map, progress=print) -> dict
     state = SimState()
     gcs = daemon = dthread = None
     cut = threading.Event()
+    t_gps_off = None
     events: list[tuple[float, str]] = []
 
     def event(text: str) -> None:
@@ -420,8 +420,7 @@ def run_sitl(cfg: SitlConfig, daemon_config, camera_map, progress=print) -> dict
         except subprocess.TimeoutExpired:
             proc.kill()
         sitl_log.close()
-    report = _report(cfg, state, gcs, daemon, events, t_gps_off if "t_gps_off" in dir() else None, completed, why, out)
-    return report
+    return _report(cfg, state, gcs, daemon, events, t_gps_off, completed, why, out)
 
 
 class _Aborted(Exception):
