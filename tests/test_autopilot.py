@@ -215,3 +215,35 @@ def test_odometry_covariance_reads_as_the_horizontal_sigma_in_ardupilots_formula
     for sigma in (0.5, 1.2, 3.0, 10.0):
         vx, vy, vz = ardupilot_pose_variances(sigma, 2.0)
         assert (vx ** 2 + vy ** 2 + vz ** 2) ** (1 / 3) == pytest.approx(sigma, rel=1e-6)
+
+
+def test_odometry_is_predicted_from_the_frames_capture_time_not_from_when_it_was_published():
+    """An estimate is as old as the camera's and skyloc's latency when it is published; ArduPilot
+    fuses ODOMETRY at its send time minus VISO_DELAY_MS, so the link must carry it forward from
+    the capture. SITL showed 100-300 ms of it, and the EKF's attitude went astray on it."""
+    from skyloc.runtime.estimate import OK, Estimate
+
+    link = MavlinkLink("udpout:127.0.0.1:9", outputs=("odometry",), origin=(47.4, 8.5, 400.0))
+    link.telemetry.yaw_deg = 0.0
+    now = time.time()
+    link.publish(Estimate(now - 0.3, OK, lat=47.4, lon=8.5, horizontal_accuracy=1.0, confidence=0.9,
+                          vx=0.0, vy=8.0, source="registration"))  # 8 m/s north, captured 0.3 s ago
+    f = link.odometry_fields(now)
+    assert f["x"] == pytest.approx(2.4, abs=0.05) and abs(f["y"]) < 0.05  # 0.3 s at 8 m/s, north
+    # a time that is not on the wall clock (a recording's) is predicted from when it arrived
+    link.publish(Estimate(12.0, OK, lat=47.4, lon=8.5, horizontal_accuracy=1.0, confidence=0.9, vx=0.0, vy=8.0,
+                          source="registration"))
+    assert abs(link.odometry_fields(time.time())["x"]) < 0.1
+
+
+def test_the_autopilots_clock_is_kept_across_published_estimates():
+    """ATTITUDE is stamped on the autopilot's boot clock mapped by the smallest link delay seen; a
+    late sample must not move that mapping, and publishing an estimate must not forget it."""
+    from skyloc.runtime.estimate import OK, Estimate
+
+    link = MavlinkLink("udpout:127.0.0.1:9", outputs=("odometry",), origin=(47.4, 8.5, 400.0))
+    t0 = 1000.0
+    assert link._autopilot_time(5000, t0 + 5.002) == pytest.approx(t0 + 5.002)
+    link.publish(Estimate(time.time(), OK, lat=47.4, lon=8.5, horizontal_accuracy=1.0, confidence=0.9))
+    # 80 ms late on a busy CPU: stamped when the autopilot measured it, not when it came in
+    assert link._autopilot_time(5100, t0 + 5.182) == pytest.approx(t0 + 5.102, abs=1e-3)

@@ -88,7 +88,7 @@ def test_finds_the_first_fix_by_retrieval_without_a_start(flight, heldout_cache,
 def test_status_is_low_until_confirmed_and_when_registration_stops(flight, heldout_cache, embedder):
     lat, lon = _first_position(flight)
     cache = TileCache.load(heldout_cache, embedder.meta)
-    loc = Localizer(embedder, cache, LocalizerConfig(registration_interval_s=1000.0), start=(lat, lon, 30.0))
+    loc = Localizer(embedder, cache, LocalizerConfig(registration_interval_s=1000.0, register_above_sigma_m=math.inf), start=(lat, lon, 30.0))
     res = _replay(flight, loc)
     statuses = [r.est.status for r in res.rows]
     assert statuses[0] == LOW  # a start position alone is not a fix

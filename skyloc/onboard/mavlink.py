@@ -169,7 +169,6 @@ class MavlinkLink:
         self._origin_xy = (0.0, 0.0)
         if origin:
             self._set_origin(tuple(origin))
-        self._latest_frame_wall = 0.0  # when the newest estimate made from a frame arrived
         self._last_request = -math.inf
         self._stream_seen: dict[str, float] = {}
         self._compass_warned = False
@@ -432,8 +431,12 @@ class MavlinkLink:
                 pass  # no frame behind it (a camera outage): the outputs keep predicting from the last
                 # estimate that had one, so its age grows and they say so and stop in time
             else:
-                self._latest, self._latest_wall = est, now
-                self._latest_frame_wall = now
+                # predict from the time the frame shows, not from now: the estimate is already as
+                # old as the camera's and skyloc's latency (100-300 ms in SITL), and the EKF fuses
+                # ODOMETRY at its send time minus VISO_DELAY_MS, the link's delay alone
+                shot = est.time if abs(now - est.time) < 10.0 else now  # not a wall clock: now
+                self._latest, self._latest_wall = est, min(shot, now)
+
             if est.status == OK and self.origin is None and est.has_position:
                 alt = self.telemetry.altitude_amsl
                 agl = self.telemetry.altitude_agl
@@ -451,8 +454,6 @@ class MavlinkLink:
                 self.statustext(f"skyloc: compass off by {-bias:+.0f} deg vs map", M.MAV_SEVERITY_WARNING)
             elif abs(bias) < 0.7 * self.compass_warn_deg:
                 self._compass_warned = False
-        self._boot_offset: float | None = None
-        self._boot_last = -math.inf
         if est.status != self._last_status:
             text = {OK: "skyloc: fix OK", NO_FIX: "skyloc: no fix"}.get(est.status, "skyloc: fix degraded")
             sev = M.MAV_SEVERITY_INFO if est.status == OK else M.MAV_SEVERITY_WARNING

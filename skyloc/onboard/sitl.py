@@ -41,7 +41,7 @@ ARDUPILOT_PARAMS = {
         "VISO_TYPE": 1,  # MAVLink
         "VISO_POS_M_NSE": 0.5,  # floor of the position error skyloc sends (m)
         "VISO_VEL_M_NSE": 0.5,  # ArduPilot's noise for ODOMETRY velocities (skyloc sends them only while ok)
-        "VISO_DELAY_MS": 50,  # frame exposure to ODOMETRY, typical; replay's report shows skyloc's latency
+        "VISO_DELAY_MS": 10,  # the link's delay alone: skyloc predicts each position to its send time
         "VISO_QUAL_MIN": 1,  # quality 1-100 fused; skyloc's -1 (dead reckoning without frames) never is
         "EK3_SRC2_POSXY": 6,  # source set 2: ExternalNav position
         "EK3_SRC2_VELXY": 0,  # ... no ExternalNav velocity (6 with VISO_VEL_M_NSE >= 0.5 also flies)

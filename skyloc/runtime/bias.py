@@ -197,13 +197,24 @@ class TelemetryBias:
         if scale is not None and scale > 0 and self.vc is not None:
             self.vc = max(self.vc, (abs(math.log(scale)) / 2.5) ** 2)
 
-    def hypotheses(self, base_rotation_deg: float, base_scale: float) -> tuple[list[tuple[float, float]], float, float]:
+    def hypotheses(self, base_rotation_deg: float, base_scale: float,
+                   at_face_value: bool = False) -> tuple[list[tuple[float, float]], float, float]:
         """Offsets (heading deg, height factor) from the current estimate to try in a registration,
         and the rotation and scale tolerance of each. The registration's matcher turns and scales
         the frame's features itself (SIFT is rotation and scale covariant), so one hypothesis
         covers any heading error (tolerance 3 sigma, up to the whole circle) and height errors up
         to `max_scale_search`; only larger height doubts (no altitude at all) need a grid."""
         cfg = self.cfg
+        if at_face_value and (self.yaw_ref == "compass" or self.height_ref != "none"):
+            # the telemetry as it is, within the registration's own tolerances: most compasses and
+            # barometers are within them, and the narrow search keeps the few inliers of a coarse
+            # map (5 m/px) above the stricter threshold a wide one needs. The wide search takes
+            # the other tries until the map has measured the errors.
+            wide = self.hypotheses(base_rotation_deg, base_scale)
+            narrow_rot = self.yaw_ref == "compass" and not self.measured_heading
+            narrow_height = self.height_ref != "none" and not self.measured_height
+            return ([(0.0, 1.0)] if narrow_height else wide[0], base_rotation_deg if narrow_rot else wide[1],
+                    base_scale if narrow_height else wide[2])
         rot_tol = min(180.0, max(base_rotation_deg, 3.0 * self.heading_sigma + (2.0 if self.heading_sigma > 3 else 0.0)))
         sc3 = 3.0 * self.height_sigma
         if sc3 <= math.log(cfg.max_scale_search):

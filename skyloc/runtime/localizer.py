@@ -53,6 +53,7 @@ class LocalizerConfig:
     attitude_sigma_deg: float = 0.5  # attitude (and its timing) error: shifts every fix by altitude * tan
     map_accuracy_m: float | None = None  # 1-sigma georeferencing error of the map (default: max(0.5 m, gsd / 2))
     registration_interval_s: float = 0.5
+    register_above_sigma_m: float = 2.0  # ... and sooner (at retry_interval_s) while the track is less sure than this
     retry_interval_s: float = 0.2  # after a failed registration
     relocalization_interval_s: float = 1.0
     search_margin_m: float = 10.0  # beyond the filter's 3 sigma
@@ -64,6 +65,7 @@ class LocalizerConfig:
     yaw_flip_ok: bool = False  # accept frames turned by 180 deg (nadir gimbals report an ambiguous yaw)
     gate_resets: int = 3  # verified registrations rejected by the gate in a row before the track restarts
     attitude_timing_s: float = 0.05  # 1-sigma of the attitude's time against the frame's: in a fast turn it is a heading error
+    attitude_drift_deg_s: float = 1.0  # how fast the telemetry's roll/pitch error may change (an EKF without GNSS)
     bias: BiasConfig = field(default_factory=BiasConfig)
     odometry: OdometryConfig = field(default_factory=OdometryConfig)
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
@@ -125,6 +127,11 @@ class Localizer:
         self.evidence = TrackEvidence()
         self.track_id = 0
         self.next_registration = -math.inf
+        self.last_registration_try = -math.inf
+        self._tries = 0  # registrations and relocalizations tried (narrow and wide searches alternate)
+        self._attitude_ms = 0.0  # mean square of the telemetry's attitude error, measured on the map (deg^2)
+        self._attitude_drift_ms = 0.0  # ... and of how fast it changes ((deg/s)^2)
+        self._last_attitude_error: tuple[float, np.ndarray] | None = None
         self.next_relocalization = -math.inf
         self.rejections = 0
         self.start = start
@@ -225,7 +232,8 @@ class Localizer:
 
         # 3-5. registration (with a track) or relocalization (without), then the filter ----------
         t3 = time.perf_counter()
-        if self.filter.initialized and t >= self.next_registration:
+        if self.filter.initialized and self._registration_due(t):
+            self.last_registration_try = t
             radius = self._search_radius(t)
             if radius <= self.cfg.max_search_radius_m:
                 reg, used = self._register(frame, intr, pose, radius)
@@ -324,7 +332,8 @@ class Localizer:
             self.filter.predict(step.t - step.dt)
             # a heading or height still uncertain turns and scales every step the same way
             systematic = min(2.0, math.radians(self.bias.heading_sigma)) + self.bias.height_sigma
-            self.filter.odometry(t, (step.dx, step.dy), step.sigma, systematic)
+            self.filter.odometry(t, (step.dx, step.dy), math.hypot(step.sigma, self._attitude_step_sigma(step)),
+                                 systematic)
             self.evidence.odometry(t, step.distance, gap)
             est.odometry, est.source = True, "odometry"
         else:
@@ -333,6 +342,22 @@ class Localizer:
             est.source = "prediction"
             if step is not None and not step.ok:
                 notes.append(f"no odometry: {step.reason}")
+
+    def _hypotheses(self):
+        """Heading and height search of the next registration: until the map has measured the
+        telemetry's errors, every other try takes the telemetry at face value (narrow, as strict
+        as ever), the others search as wide as the bias stage's doubt."""
+        self._tries += 1
+        return self.bias.hypotheses(self.cfg.registration.max_rotation_deg, self.cfg.registration.max_scale_error,
+                                    at_face_value=self._tries % 2 == 1)
+
+    def _registration_due(self, t: float) -> bool:
+        """Every registration_interval_s, and sooner while odometry has made the track unsure
+        (a manoeuvre with an airframe-fixed camera): registration does not rest on the attitude."""
+        if t >= self.next_registration:
+            return True
+        sigma = math.sqrt(max(np.linalg.eigvalsh(self.filter.position_cov)))
+        return sigma > self.cfg.register_above_sigma_m and t >= self.last_registration_try + self.cfg.retry_interval_s
 
     def _search_radius(self, t: float) -> float:
         cov = self.filter.position_cov
@@ -343,8 +368,7 @@ class Localizer:
         """Registration around the prediction, as wide in heading and height as the bias stage's
         uncertainty (whole circle without yaw; a grid of heights without altitude)."""
         at = pose.moved_to(float(self.filter.x[0]), float(self.filter.x[1]))
-        hyps, rot_tol, scale_tol = self.bias.hypotheses(self.cfg.registration.max_rotation_deg,
-                                                        self.cfg.registration.max_scale_error)
+        hyps, rot_tol, scale_tol = self._hypotheses()
         return self.registration.register(frame, intr, at, radius, hypotheses=hyps, rotation_tol_deg=rot_tol,
                                           scale_tol=scale_tol), at
 
@@ -354,10 +378,11 @@ class Localizer:
         alt = altitude if math.isfinite(altitude) else 0.0
         if reg.pose_solved:  # the camera's pose came from the map: the telemetry's attitude is not in it
             return math.sqrt(reg.sigma**2 + self.map_sigma**2)
-        att = alt * math.tan(math.radians(self.cfg.attitude_sigma_deg))
+        tilt = 0.0 if pose is None else min(60.0, abs(pose.tilt) + math.hypot(pose.pitch, pose.roll))
+        # an angle error e moves the ground point seen at a slant t by h (tan(t + e) - tan t) ~ h e / cos^2 t
+        att = alt * math.tan(math.radians(self.attitude_sigma_deg)) / math.cos(math.radians(tilt)) ** 2
         turn = 0.0
         if pose is not None:
-            tilt = min(60.0, abs(pose.tilt) + math.hypot(pose.pitch, pose.roll))
             turn = alt * math.tan(math.radians(tilt)) * math.radians(min(90.0, self._heading_doubt()))
         return math.sqrt(reg.sigma**2 + self.map_sigma**2 + att**2 + turn**2)
 
@@ -387,12 +412,40 @@ class Localizer:
             self.evidence.registered(t)
             est.registered, est.source = True, "registration"
 
+    def _attitude_step_sigma(self, step: OdometryStep) -> float:
+        """What the telemetry's attitude leaves uncertain in one odometry step: each frame's points
+        go to the ground with its own roll and pitch, so a change of their error between the two
+        frames (its timing in a fast pitch-up, an EKF's drift) moves the step by height x angle,
+        more at a slant. At a 30 deg lean a 0.2 deg change is 0.5 m at 110 m."""
+        h = self.bias.height
+        slant = 1.0 / max(0.25, math.cos(math.radians(min(60.0, step.tilt_deg)))) ** 2
+        rate = step.tilt_change_deg / max(step.dt, 1e-3)
+        drift = max(self.cfg.attitude_drift_deg_s, math.sqrt(self._attitude_drift_ms))
+        angle = math.hypot(rate * self.cfg.attitude_timing_s, drift * step.dt)
+        return h * math.radians(angle) * slant
+
     def _heading_doubt(self) -> float:
         """1-sigma of this frame's heading: the estimate's, and the attitude's timing in a turn."""
         return math.hypot(self.bias.heading_sigma, self.yaw_rate * self.cfg.attitude_timing_s)
 
+    @property
+    def attitude_sigma_deg(self) -> float:
+        """The telemetry's attitude error as the map measured it: every pose solved on the map
+        compares its optical axis with the telemetry's (an EKF without GNSS can be degrees off
+        in a manoeuvre); never below the configured attitude_sigma_deg."""
+        return max(self.cfg.attitude_sigma_deg, math.sqrt(self._attitude_ms))
+
     def _learn(self, reg: Registration, used: Pose) -> None:
-        """A fused registration measured the heading and height: the bias stage learns them."""
+        """A fused registration measured the heading and height (and, solved on the map, the
+        attitude's error): the bias stage learns them."""
+        if reg.pose_solved and math.isfinite(reg.attitude_error_deg):
+            # fast to rise, slow to forget: the error comes back with the next manoeuvre
+            e2 = reg.attitude_error_deg ** 2
+            self._attitude_ms = e2 if e2 > self._attitude_ms else 0.95 * self._attitude_ms + 0.05 * e2
+            last, self._last_attitude_error = self._last_attitude_error, (self.filter.t, reg.attitude_error_axis)
+            if last is not None and 0.05 <= self.filter.t - last[0] <= 1.5:  # how fast that error changes
+                r2 = (math.degrees(float(np.linalg.norm(reg.attitude_error_axis - last[1]))) / (self.filter.t - last[0])) ** 2
+                self._attitude_drift_ms = r2 if r2 > self._attitude_drift_ms else 0.95 * self._attitude_drift_ms + 0.05 * r2
         scale = used.altitude * reg.scale / self.bias.height  # against the current estimate
         rot_sigma = math.hypot(reg.rotation_sigma_deg, self.yaw_rate * self.cfg.attitude_timing_s)
         self.bias.registered(reg.rotation_deg + (used.yaw - self.bias.heading + 180.0) % 360.0 - 180.0,
@@ -420,8 +473,7 @@ class Localizer:
 
     def _relocalize(self, t, frame, intr, pose, est: Estimate, notes: list[str], window=None) -> None:
         self.next_relocalization = t + self.cfg.relocalization_interval_s
-        hyps, rot_tol, scale_tol = self.bias.hypotheses(self.cfg.registration.max_rotation_deg,
-                                                        self.cfg.registration.max_scale_error)
+        hyps, rot_tol, scale_tol = self._hypotheses()
         per_try = self.cfg.relocalization.heights_per_try
         if len(hyps) > per_try:  # a bounded try; the next tries take the next heights (round robin)
             k = self._reloc_round % len(hyps)

@@ -56,6 +56,8 @@ class OdometryStep:
     reason: str = ""
     yaw_correction_deg: float = 0.0  # non-zero when the telemetry yaw jumped: add it to this frame's yaw
     telemetry_turn_deg: float = 0.0  # the heading change the poses said (this frame's yaw - the previous one's)
+    tilt_change_deg: float = 0.0  # how far the telemetry's roll and pitch moved between the two frames
+    tilt_deg: float = 0.0  # the camera's angle off nadir in this frame
 
     @property
     def visual_turn_deg(self) -> float:
@@ -163,7 +165,9 @@ class VisualOdometry:
         gsd = intr.nadir_gsd(pose.altitude)
         sigma = float(max(0.25 * gsd, 1.5 * np.sqrt(np.mean(resid ** 2)) / math.sqrt(max(1, sim_in.sum()))))
         step = OdometryStep(t, dt, True, dx, dy, sigma, int(sim_in.sum()), len(a), -rot, s,
-                            telemetry_turn_deg=-((-(pose.yaw - p_pose.yaw) + 180.0) % 360.0 - 180.0))
+                            telemetry_turn_deg=-((-(pose.yaw - p_pose.yaw) + 180.0) % 360.0 - 180.0),
+                            tilt_change_deg=math.hypot(pose.pitch - p_pose.pitch, pose.roll - p_pose.roll),
+                            tilt_deg=abs(pose.tilt) + math.hypot(pose.pitch, pose.roll))
         if sim_in.sum() < self.cfg.min_inliers:
             return fail("no consistent ground motion", tracked=len(a), inliers=int(sim_in.sum()))
         if abs(rot) > (self.cfg.max_rotation_deg if trust_yaw else 0.0):

@@ -65,6 +65,8 @@ class Registration:
     rotation_sigma_deg: float = 2.0  # how well rotation_deg measures the heading (1-sigma)
     pose_solved: bool = False  # the position came from the camera pose solved on the map (PnP)
     tilt_correction_m: float = 0.0  # how far that moved it from where the telemetry's attitude put it
+    attitude_error_deg: float = math.nan  # angle between the solved optical axis and the telemetry's
+    attitude_error_axis: np.ndarray | None = None  # solved minus telemetry optical axis (world, radians)
     inlier_src: np.ndarray | None = field(default=None, repr=False)  # inlier matches (warped frame px)
     inlier_dst: np.ndarray | None = field(default=None, repr=False)  # ... and map window px
     scale_sigma: float = 0.03  # how well scale measures log(height)
@@ -408,6 +410,10 @@ class MapRegistration:
         r.sigma = math.hypot(r.sigma, spread)  # the halves' spread: what the solved tilt leaves uncertain
         r.pose_solved = True
         r.tilt_correction_m = moved
+        axis_solved = cv2.Rodrigues(rv)[0].T[:, 2]  # camera z in world axes
+        axis_used = r_wc[:, 2]
+        r.attitude_error_deg = math.degrees(math.acos(float(np.clip(axis_solved @ axis_used, -1.0, 1.0))))
+        r.attitude_error_axis = axis_solved - axis_used
 
 
     def _register_one(self, f, fimg, fmask, nadir, gsd, mf, pose: Pose, wx0, wy1, search_radius_m, strict,
