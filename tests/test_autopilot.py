@@ -247,3 +247,39 @@ def test_the_autopilots_clock_is_kept_across_published_estimates():
     link.publish(Estimate(time.time(), OK, lat=47.4, lon=8.5, horizontal_accuracy=1.0, confidence=0.9))
     # 80 ms late on a busy CPU: stamped when the autopilot measured it, not when it came in
     assert link._autopilot_time(5100, t0 + 5.182) == pytest.approx(t0 + 5.102, abs=1e-3)
+
+
+def test_as_the_second_gps_the_ground_track_lets_arducopter_arm_and_only_ok_fixes_fly():
+    """ArduPilot arms only when every configured GPS has a 3D fix (AP_Arming "GPS 2: Bad fix", seen
+    in SITL), and on the ground the camera registers nothing: disarmed, skyloc as GPS2 sends its
+    GNSS-prior track as a 3D fix with its accuracy and 6 satellites (GPS1 stays the better one);
+    armed, a track that is not "ok" is fix_type 0 again."""
+    from skyloc.runtime.estimate import LOW, Estimate
+
+    peer, link = _link_and_peer(outputs=("gps_input",), gps_id=1)
+    low = lambda: Estimate(time.time(), LOW, lat=47.4, lon=8.5, horizontal_accuracy=6.0, confidence=0.3,  # noqa: E731
+                           source="prediction")
+    try:
+        end = time.time() + 6.0
+        while time.time() < end and link.telemetry.armed is None:
+            link.publish(low())
+            time.sleep(0.1)
+        for _ in range(10):
+            link.publish(low())
+            time.sleep(0.1)
+        on_ground = peer.of("GPS_INPUT")[-3:]
+        peer.armed = True
+        end = time.time() + 4.0
+        while time.time() < end and not link.telemetry.armed:
+            link.publish(low())
+            time.sleep(0.1)
+        for _ in range(5):
+            link.publish(low())
+            time.sleep(0.1)
+        flying = peer.of("GPS_INPUT")[-3:]
+    finally:
+        link.close()
+        peer.stop()
+    assert on_ground and all(m.fix_type == 3 and m.satellites_visible == 6 and m.gps_id == 1
+                             and 5.0 <= m.horiz_accuracy < 10.0 for m in on_ground)
+    assert flying and all(m.fix_type == 0 for m in flying)

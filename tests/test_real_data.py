@@ -52,8 +52,6 @@ def test_tlog_gives_each_cmac_frame_its_pose():
 
 
 def test_cmac_odometry_against_the_log_never_reports_a_wrong_motion():
-    import cv2
-
     from skyloc.onboard.replay import open_flight
     from skyloc.onboard.telemetry import load_telemetry
     from skyloc.runtime.camera import Intrinsics, Pose

@@ -135,6 +135,22 @@ def test_bias_filter_widens_the_search_with_its_doubt():
     assert rot == 180.0 and len(hyps) > 3  # no yaw: the whole circle; no altitude: a grid of heights
 
 
+def test_until_the_errors_are_measured_every_other_search_takes_the_telemetry_at_face_value():
+    """Most compasses and barometers are within the registration's own tolerances; on a coarse map
+    (NAIP, 5 m/px) the wide search's stricter threshold loses the few inliers there are, so the
+    narrow search gets its turn, and the wide one the next."""
+    b = TelemetryBias()
+    b.prior(0.0, 100.0, 150.0, "baro")
+    assert b.hypotheses(8.0, 0.12, at_face_value=True) == ([(0.0, 1.0)], 8.0, 0.12)
+    assert b.hypotheses(8.0, 0.12)[1] >= 30  # the wide one is unchanged
+    none = TelemetryBias()
+    none.prior(0.0, None, 150.0, "baro")  # no yaw: nothing to take at face value for the heading
+    hyps, rot, sc = none.hypotheses(8.0, 0.12, at_face_value=True)
+    assert rot == 180.0 and hyps == [(0.0, 1.0)] and sc == 0.12
+    b.registered(-12.0, 0.5, 1.1, 0.01)  # measured: one search, the same either way
+    assert b.hypotheses(8.0, 0.12, at_face_value=True) == b.hypotheses(8.0, 0.12)
+
+
 def test_a_dem_turns_the_baro_altitude_into_height_over_hills(tmp_path):
     from skyloc.runtime.terrain import Terrain
     from skyloc.synth.world import generate, generate_terrain, write_dem, write_geotiff

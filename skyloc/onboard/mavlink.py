@@ -102,6 +102,7 @@ class Telemetry:
     range_time: float = 0.0
     ekf_origin: tuple[float, float, float] | None = None  # GPS_GLOBAL_ORIGIN: lat, lon, alt (m AMSL)
     autopilot_system: int = 1
+    armed: bool | None = None  # HEARTBEAT's safety-armed flag (None: no heartbeat yet)
     updated: float = 0.0
     history: deque = field(default_factory=lambda: deque(maxlen=600))  # (time, yaw, roll, pitch, alt_agl)
 
@@ -267,6 +268,7 @@ class MavlinkLink:
                 t.autopilot_system = msg.get_srcSystem()
                 self.stats.autopilot = {M.MAV_AUTOPILOT_ARDUPILOTMEGA: "ardupilot",
                                         M.MAV_AUTOPILOT_PX4: "px4"}.get(msg.autopilot, "other")
+                t.armed = bool(msg.base_mode & M.MAV_MODE_FLAG_SAFETY_ARMED)
         elif kind == "DISTANCE_SENSOR":
             if msg.orientation == M.MAV_SENSOR_ROTATION_PITCH_270 and msg.min_distance <= msg.current_distance \
                     <= msg.max_distance:
@@ -398,8 +400,6 @@ class MavlinkLink:
 
     def _tick_gps_input(self, now: float) -> None:
         f = self.gps_input_fields(now)
-        if f["fix_type"] >= 3:
-            self._last_fix_sent = now
         self._send("GPS_INPUT", self.conn.mav.gps_input_send, **f)
 
     def _tick_odometry(self, now: float) -> None:
@@ -506,6 +506,13 @@ class MavlinkLink:
             # ArduPilot's EKF wants >= 6 satellites for a usable fix; a vision fix has none, so
             # report a nominal 10 only while the fix is good (0 otherwise).
             f.update(fix_type=3, satellites_visible=10)
+            self._last_fix_sent = now
+        elif self.telemetry.armed is False and self.gps_id != 0 and age <= self.max_prediction_s:
+            # On the ground (disarmed) as the second GPS: ArduPilot arms only when every configured
+            # GPS has a 3D fix, and a camera on the ground sees nothing it can register. The track
+            # there is the autopilot's own GPS1 fix (the GNSS prior), sent with its honest accuracy
+            # and fewer satellites, so GPS1 stays the better one; armed, only "ok" fixes go out.
+            f.update(fix_type=3, satellites_visible=6)
         return f
 
     def odometry_fields(self, now: float) -> dict | None:
@@ -568,10 +575,11 @@ class MavlinkLink:
 
     def gnss_fix(self, now: float, max_age: float = 2.0, quiet_s: float = 5.0) -> tuple[float, float, float] | None:
         """The autopilot's own GNSS fix (lat, lon, accuracy m) when it is a fresh 3D fix that cannot
-        be skyloc's: if skyloc sends GPS_INPUT, none of it may have carried a fix for `quiet_s`."""
+        be skyloc's. GPS_RAW_INT is ArduPilot's first GPS: when skyloc is that one (gps_id 0), none
+        of its GPS_INPUT may have carried a fix for `quiet_s`; as the second GPS it never is."""
         g = self.telemetry.gnss
         if g is None or now - self.telemetry.gnss_time > max_age or g[3] < 3 or not (g[0] or g[1]):
             return None
-        if "gps_input" in self.outputs and now - self._last_fix_sent < quiet_s:
+        if "gps_input" in self.outputs and self.gps_id == 0 and now - self._last_fix_sent < quiet_s:
             return None
         return g[0], g[1], g[2]

@@ -42,6 +42,7 @@ class AutopilotPeer:
         self.times: dict[str, list[float]] = defaultdict(list)
         self.messages: list[tuple[float, object]] = []
         self.origin: tuple[float, float, float] | None = None
+        self.armed = False  # what HEARTBEAT says (set it to fly)
         self.telemetry_on = True
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -137,7 +138,8 @@ class AutopilotPeer:
             # talk only once skyloc's packets have told the UDP socket where it is
             if self.times:
                 if now >= next_tx:
-                    self.conn.mav.heartbeat_send(M.MAV_TYPE_QUADROTOR, M.MAV_AUTOPILOT_ARDUPILOTMEGA, 0, 0,
+                    self.conn.mav.heartbeat_send(M.MAV_TYPE_QUADROTOR, M.MAV_AUTOPILOT_ARDUPILOTMEGA,
+                                                 M.MAV_MODE_FLAG_SAFETY_ARMED if self.armed else 0, 0,
                                                  M.MAV_STATE_ACTIVE)
                     next_tx = now + 1.0
                 self._stream(now)

@@ -387,9 +387,10 @@ def run_sitl(cfg: SitlConfig, daemon_config, camera_map, progress=print) -> dict
                     cut.set()
                     t_cut = time.time()
                     event(f"camera cut for {cfg.camera_cut_s:.0f} s")
-                if t_cut is not None and cut.is_set() and time.time() - t_cut > cfg.camera_cut_s:
-                    cut.clear()
-                    event("camera back")
+                    # the camera comes back on time whatever the mission does meanwhile (a failsafe)
+                    restore = threading.Timer(cfg.camera_cut_s, lambda: (cut.clear(), event("camera back")))
+                    restore.daemon = True
+                    restore.start()
                 if gcs.mode != "GUIDED":
                     raise _Aborted(f"the autopilot left GUIDED for {gcs.mode}")
                 if p and _dist(p, target) < 3.0:
@@ -406,8 +407,8 @@ def run_sitl(cfg: SitlConfig, daemon_config, camera_map, progress=print) -> dict
     except _Aborted as exc:
         completed, why = False, str(exc)
         event(f"mission aborted: {why}")
-        if gcs is not None:
-            _wait(lambda: not gcs.armed, 120, "landing", raise_=False)
+        if gcs is not None and _wait(lambda: not gcs.armed, 180, "landing", raise_=False):
+            event("landed and disarmed (after the abort)")  # what the failsafe did is in the report
     finally:
         if daemon is not None:
             daemon.stop_event.set()
@@ -448,7 +449,7 @@ def _report(cfg: SitlConfig, state: SimState, gcs: GroundStation, daemon, events
                  "events": [(round(t - events[0][0], 1), e) for t, e in events] if events else []}
     statustexts = [(t, s) for t, s in gcs.records["status"]] if gcs else []
     rep["failsafes"] = [s for _, s in statustexts if "failsafe" in s.lower() or "variance" in s.lower()]
-    land_t = next((t for t, e in events if e.startswith("landed") or e.startswith("mission aborted")), time.time())
+    land_t = next((t for t, e in events if e.startswith("landed")), time.time())
     if t_gps_off is None or truth.size == 0:
         return rep
 
@@ -478,7 +479,12 @@ def _report(cfg: SitlConfig, state: SimState, gcs: GroundStation, daemon, events
         back = [t for t, e in events if e == "camera back"]
         t0, t1 = cut[0], (back[0] if back else cut[0] + cfg.camera_cut_s)
         during = ekf_err[[t0 <= t <= t1 for t, _, _ in ekf]] if ekf else np.zeros(0)
+        after = ekf_err[[t1 <= t <= t1 + 30 for t, _, _ in ekf]] if ekf else np.zeros(0)
+        fs = [t - t0 for t, s in statustexts if t >= t0 and ("failsafe" in s.lower() or "EKF variance" in s)]
         rep["camera_cut"] = {"ekf_error_max_m": float(during.max()) if during.size else None,
+                             "ekf_error_30s_after_max_m": float(after.max()) if after.size else None,
+                             "ekf_error_30s_after_end_m": float(after[-1]) if after.size else None,
+                             "failsafe_after_s": fs[0] if fs else None,
                              "statustext": [s for t, s in statustexts if t0 - 1 <= t <= t1 + 5],
                              "skyloc_ok_again_s": next((s[0] - t1 for s in ok if s[0] > t1), None)}
     home = (cfg.home[0], cfg.home[1])

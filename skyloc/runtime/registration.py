@@ -337,7 +337,7 @@ class MapRegistration:
             return fail("too few features (low texture)", work_gsd=gsd)
         nadir = np.array([-e0 / gsd, n1 / gsd])
         r = self._register_one(f, fimg, fmask, nadir, gsd, mf, pose, wx0, wy1, search_radius_m, strict,
-                               dh, 1.0, rot_tol, sc_tol, penalty)
+                               dh, rot_tol, sc_tol, penalty)
         if r.ok and cfg.pnp and r.inlier_src is not None:
             self._solve_pose(r, h_img, intr_s, nadir, dh, wx0, wy1, gsd, pose)
         return r
@@ -417,20 +417,19 @@ class MapRegistration:
 
 
     def _register_one(self, f, fimg, fmask, nadir, gsd, mf, pose: Pose, wx0, wy1, search_radius_m, strict,
-                      dh: float, k: float, rot_tol: float, sc_tol: float, nfa_penalty: float) -> Registration:
-        """One hypothesis: the frame features turned by dh (heading offset, deg clockwise) and
-        scaled by k (height factor) about the nadir point, matched, fitted and checked."""
+                      dh: float, rot_tol: float, sc_tol: float, nfa_penalty: float) -> Registration:
+        """One heading hypothesis: the frame features turned by dh (deg clockwise) about the nadir
+        point, matched, fitted and checked (heights are warped by the caller, `register`)."""
         cfg = self.cfg
         fail = lambda reason, **kw: Registration(False, reason=reason, **kw)  # noqa: E731
         fxy, fang, fsize, fdesc = f
-        if dh or k != 1.0:
+        if dh:
             # a camera turned clockwise by dh sees the ground turned anticlockwise: its north-up
             # warp must turn clockwise on the map (image y points down, so +dh is clockwise here)
             a = math.radians(dh)
             rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
-            fxy = ((fxy - nadir) @ rot.T * k + nadir).astype(np.float32)
+            fxy = ((fxy - nadir) @ rot.T + nadir).astype(np.float32)
             fang = ((fang + dh) % 360.0).astype(np.float32)
-            fsize = (fsize * k).astype(np.float32)
         extra_deg = max(0.0, rot_tol - cfg.max_rotation_deg)
         extra_scale = max(0.0, sc_tol - cfg.max_scale_error)
         radius_px = float(np.max(np.linalg.norm(fxy - nadir, axis=1))) if len(fxy) else 0.0
@@ -458,19 +457,18 @@ class MapRegistration:
         p = m[:, :2] @ nadir + m[:, 2]
         x, y = wx0 + p[0] * gsd, wy1 - p[1] * gsd
         fcorners = np.array([[0, 0], [fimg.shape[1], 0], [fimg.shape[1], fimg.shape[0]], [0, fimg.shape[0]]], float)
-        if dh or k != 1.0:
+        if dh:
             fcorners = (fcorners - nadir) @ np.array([[math.cos(math.radians(dh)), -math.sin(math.radians(dh))],
-                                                      [math.sin(math.radians(dh)), math.cos(math.radians(dh))]]).T * k \
-                + nadir
+                                                      [math.sin(math.radians(dh)), math.cos(math.radians(dh))]]).T + nadir
         mc = fcorners @ m[:, :2].T + m[:, 2]
         corners = np.column_stack([wx0 + mc[:, 0] * gsd, wy1 - mc[:, 1] * gsd])
         hull = cv2.convexHull(src[inl].astype(np.float32))
-        spread = float(cv2.contourArea(hull) / max(1.0, fmask.sum() * k * k))
+        spread = float(cv2.contourArea(hull) / max(1.0, fmask.sum()))
         resid = np.linalg.norm(src[inl] @ m[:, :2].T + m[:, 2] - dst[inl], axis=1)
         sigma = gsd * max(cfg.sigma_floor_px, 2.0 * float(np.sqrt(np.mean(resid ** 2))) / math.sqrt(n_in))
         rot_resid = rot if not flipped else wrap_deg(rot + 180.0)
         r = Registration(False, float(x), float(y), float(sigma), n_in, len(src), float(ratio),
-                         float(dh + rot_resid), float(k * s), spread, gsd, corners)
+                         float(dh + rot_resid), float(s), spread, gsd, corners)
         if not flipped:
             r.inlier_src, r.inlier_dst = src[inl], dst[inl]
         # how well this placement measures heading and height (for the bias filter)
@@ -487,7 +485,7 @@ class MapRegistration:
             r.reason = f"rotation {dh + rot_resid:+.1f} deg disagrees with the heading"
             r.failed_check = "rotation"
         elif abs(s - 1.0) > sc_tol:
-            r.reason = f"scale {k * s:.2f} disagrees with the height"
+            r.reason = f"scale {s:.2f} disagrees with the height"
             r.failed_check = "scale"
         elif spread < cfg.min_spread:
             r.reason = f"inliers cover only {spread:.0%} of the frame"
