@@ -489,6 +489,8 @@ def replay(
     dem: Optional[Path] = DemOpt,
     home_elevation: Optional[float] = HomeElevationOpt,
     compass_sigma: float = CompassSigmaOpt,
+    yaw_offset: float = typer.Option(0.0, help="Degrees added to the recorded yaw: replay with a compass that is off"),
+    drop_yaw: bool = typer.Option(False, help="Replay as if the telemetry had no yaw (heading from the map)"),
     backend: str = BackendOpt,
 ) -> None:
     """Run a recorded flight through the pipeline: track (CSV/GeoJSON/KML), errors, calibration, plots."""
@@ -524,7 +526,7 @@ def replay(
             task = p.add_task("frames", total=None)
             res = run_replay(video, loc, tel, out, mavlink=link, realtime=link is not None,
                              progress=lambda r: p.advance(task), max_frames=max_frames, time_offset=time_offset,
-                             video_start=_parse_utc(video_start))
+                             video_start=_parse_utc(video_start), yaw_offset_deg=yaw_offset, drop_yaw=drop_yaw)
     finally:
         if link:
             link.close()

@@ -261,7 +261,7 @@ def test_as_the_second_gps_the_ground_track_lets_arducopter_arm_and_only_ok_fixe
                            source="prediction")
     try:
         end = time.time() + 6.0
-        while time.time() < end and link.telemetry.armed is None:
+        while time.time() < end and (link.telemetry.armed is None or link.telemetry.altitude_amsl is None):
             link.publish(low())
             time.sleep(0.1)
         for _ in range(10):
@@ -283,3 +283,4 @@ def test_as_the_second_gps_the_ground_track_lets_arducopter_arm_and_only_ok_fixe
     assert on_ground and all(m.fix_type == 3 and m.satellites_visible == 6 and m.gps_id == 1
                              and 5.0 <= m.horiz_accuracy < 10.0 for m in on_ground)
     assert flying and all(m.fix_type == 0 for m in flying)
+    assert all(abs(m.alt - 520.0) < 1.0 for m in on_ground), [m.alt for m in on_ground]  # the autopilot's own AMSL altitude, not 0 m

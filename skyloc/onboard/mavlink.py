@@ -499,9 +499,15 @@ class MavlinkLink:
         if p is None:
             return f
         est, age, lat, lon, acc = p
+        if self.telemetry.altitude_amsl is not None:
+            # skyloc measures no altitude: the autopilot's own (baro, EK3_SRC1_POSZ = 1) goes back, as
+            # a GPS at 0 m AMSL fails ArduPilot's "GPS positions differ" check and misleads blending
+            f.update(alt=float(self.telemetry.altitude_amsl), vert_accuracy=5.0,
+                     ignore_flags=GPS_IGNORE_FLAGS & ~(M.GPS_INPUT_IGNORE_FLAG_ALT
+                                                       | M.GPS_INPUT_IGNORE_FLAG_VERTICAL_ACCURACY))
         f.update(lat=int(round(lat * 1e7)), lon=int(round(lon * 1e7)), vn=est.vy, ve=est.vx,
                  horiz_accuracy=float(acc), hdop=float(min(99.0, max(0.5, acc / 3.0))),
-                 speed_accuracy=float(min(99.0, 1.0 + 2.0 * age + est.horizontal_accuracy / 10)))
+                 speed_accuracy=float(min(99.0, math.hypot(min(50.0, est.velocity_sigma), self.accel * age, 0.3))))
         if est.status == OK and age <= self.max_prediction_s:
             # ArduPilot's EKF wants >= 6 satellites for a usable fix; a vision fix has none, so
             # report a nominal 10 only while the fix is good (0 otherwise).
@@ -552,7 +558,7 @@ class MavlinkLink:
             pose_cov[0] = pose_cov[6] = var  # x, y
             pose_cov[11] = Z_SIGMA**2  # z
         pose_cov[15] = pose_cov[18] = pose_cov[20] = ATT_SIGMA**2  # roll, pitch, yaw
-        vel_var = (1.0 + 2.0 * age) ** 2
+        vel_var = math.hypot(min(50.0, est.velocity_sigma), self.accel * age, 0.3) ** 2  # PX4 reads it
         vel_cov = [0.0] * 21
         vel_cov[0] = vel_cov[6] = vel_var
         vel_cov[11] = 4.0  # no vertical velocity is measured: 0 +- 2 m/s

@@ -178,9 +178,11 @@ def check_coverage(flight: FlightInput, first: float, last: float) -> None:
 
 def replay(video: str, localizer: Localizer, telemetry: TelemetryTrack | None = None, out_dir: str | Path | None = None,
            mavlink=None, realtime: bool = False, progress=None, max_frames: int | None = None,
-           time_offset: float = 0.0, video_start: float | None = None) -> ReplayResult:
+           time_offset: float = 0.0, video_start: float | None = None, yaw_offset_deg: float = 0.0,
+           drop_yaw: bool = False) -> ReplayResult:
     """Run every frame of `video` (a file, or a folder of photos) through the localizer, with
-    the telemetry's yaw, altitude and attitude at each frame's time."""
+    the telemetry's yaw, altitude and attitude at each frame's time. yaw_offset_deg / drop_yaw:
+    fly the recording with a compass that is off, or with none (what would my drone's do?)."""
     flight = open_flight(video, telemetry, time_offset, video_start)
     source, telemetry = flight.source, flight.telemetry
     res = ReplayResult()
@@ -196,7 +198,9 @@ def replay(video: str, localizer: Localizer, telemetry: TelemetryTrack | None = 
                 checked = True
             tt = flight.to_telemetry_time(frame.timestamp)
             tel = telemetry.at(tt) if telemetry is not None and telemetry.covers(tt) else None
-            yaw = _finite(tel.yaw) if tel is not None else None
+            yaw = _finite(tel.yaw) if tel is not None and not drop_yaw else None
+            if yaw is not None:
+                yaw = (yaw + yaw_offset_deg) % 360.0
             alt = _finite(tel.alt) if tel is not None else None
             if realtime:  # recorded pace, so a SITL peer sees what it would in flight
                 time.sleep(max(0.0, start_wall + frame.timestamp - time.time()))

@@ -30,6 +30,7 @@ class Estimate:
     confidence: float = 0.0
     vx: float = 0.0  # east velocity, m/s (filter), true east (not the map grid's)
     vy: float = 0.0  # north velocity, m/s, true north
+    velocity_sigma: float = math.inf  # 1-sigma per axis of vx, vy (m/s)
     cov_xx: float = math.nan  # position covariance (m^2), for outputs that carry one
     cov_xy: float = math.nan
     cov_yy: float = math.nan

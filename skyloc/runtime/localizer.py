@@ -529,6 +529,7 @@ class Localizer:
         vx, vy = self.filter.velocity  # map grid axes -> true east/north (what autopilots take)
         a = math.radians(self.grid_rotation)
         est.vx, est.vy = vx * math.cos(a) - vy * math.sin(a), vx * math.sin(a) + vy * math.cos(a)
+        est.velocity_sigma = float(math.sqrt(max(np.linalg.eigvalsh(self.filter.P[2:, 2:]))))
         est.since_registration_s = t - self.evidence.last_registration_t
         est.confidence = float(max(0.0, 1.0 - accuracy / self.cfg.status.ok_max_accuracy_m)) * (1.0 if status == OK else 0.5)
         if why:
