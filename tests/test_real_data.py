@@ -111,3 +111,14 @@ def test_replay_of_the_brighton_photos_never_calls_a_wrong_one_ok(tmp_path, onnx
     print(f"brighton: {rep['ok']} of 18 photos ok, max error {rep['error_ok']['max_m']:.1f} m")
     assert rep["frames"] == 18 and rep["ok"] >= 8
     assert rep["error_ok"]["max_m"] <= 5.0 and rep["ok_within_3x_accuracy"] == 1.0
+    # the same photos as if the drone had no compass, or one 20 deg off: the heading comes from
+    # the map (the search turns the frame), never a wrong fix called ok
+    for name, extra in (("noyaw", ["--drop-yaw"]), ("yaw20", ["--yaw-offset", "20"])):
+        r = subprocess.run(cmd + ["replay", str(REAL / "brighton" / "images"), "-m", str(onnx_model), "-c", str(cache),
+                                  "-o", str(tmp_path / name)] + extra, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        rep = json.loads((tmp_path / name / "report.json").read_text())
+        print(f"brighton {name}: {rep['ok']} of 18 photos ok, compass error {rep.get('compass_error_deg')}")
+        assert rep["ok"] >= 3 and rep["error_ok"]["max_m"] <= 5.0 and rep["ok_within_3x_accuracy"] == 1.0
+        if name == "yaw20":
+            assert rep["compass_error_deg"] == pytest.approx(20.0, abs=5.0)
