@@ -80,7 +80,11 @@ def test_peer_gets_heartbeat_gps_input_statustext_and_sends_telemetry():
         accs = [m.horiz_accuracy for _, m in gps]
         assert accs == sorted(accs) and accs[-1] > accs[0]  # honest, growing accuracy between fixes
         week, _ = gps_time(time.time())
-        assert first.time_week == week and first.ignore_flags & mavutil.mavlink.GPS_INPUT_IGNORE_FLAG_ALT
+        assert first.time_week == week
+        # the altitude is the autopilot's own AMSL one (skyloc measures none; this one says 0 m AMSL,
+        # 87 m above home): ignored until it has come
+        last = gps[-1][1]
+        assert not last.ignore_flags & mavutil.mavlink.GPS_INPUT_IGNORE_FLAG_ALT and last.alt == pytest.approx(0.0)
         kinds = {m.get_type() for _, m in msgs}
         assert {"STATUSTEXT", "ODOMETRY", "GLOBAL_POSITION_SENSOR"} <= kinds
         text = next(m.text for _, m in msgs if m.get_type() == "STATUSTEXT")
