@@ -105,3 +105,19 @@ def test_filter_grows_honestly_on_odometry_and_gates_outliers():
     assert f.x[0] == pytest.approx(100.0)
     assert f.update((103.0, 1.0), 1.0)
     assert 100.0 < f.x[0] <= 103.0 and f.position_sigma < 2.0
+
+
+def test_an_outage_is_carried_on_the_autopilots_velocity_not_on_the_last_one():
+    """A camera cut while the vehicle brakes (a failsafe LAND in SITL): carried on the last
+    velocity the track ran 80 m off in 10 s and never found the map again; with the autopilot's
+    own velocity fused each second it stays on the vehicle, and its accuracy stays honest."""
+    coast, held = TrackFilter(), TrackFilter()
+    for f in (coast, held):
+        f.init(0.0, (0.0, 0.0), 1.0, velocity=(8.0, 0.0), velocity_sigma=0.3)
+    for i in range(1, 11):  # the vehicle stopped at once; a prediction per second without frames
+        held.velocity_update((0.0, 0.0), 1.0)
+        for f in (coast, held):
+            f.predict(float(i))
+    assert coast.x[0] == pytest.approx(80.0, abs=1.0)
+    assert abs(held.x[0]) < 10.0 and abs(held.velocity[0]) < 1.0
+    assert abs(held.x[0]) <= 3 * held.position_sigma < 60.0  # honest, and narrow enough to register again

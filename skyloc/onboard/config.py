@@ -28,6 +28,8 @@ class LocalizerSettings(_Strict):
                              "(GPS_RAW_INT, 3D) while skyloc has no track of its own")
     registration_interval_s: float = Field(0.5, gt=0, description="map registration rate while tracking")
     attitude_sigma_deg: float = Field(0.5, ge=0, description="attitude and timing error of the telemetry")
+    autopilot_velocity_sigma: float = Field(1.0, gt=0, description="1-sigma (m/s) of the autopilot's velocity "
+                                            "that carries the track through a camera outage")
     altitude_range_m: Optional[tuple[float, float]] = Field(None, description="heights to search without altitude "
                                                             "telemetry (default 30-1200 m)")
     dem: Optional[str] = Field(None, description="elevation model GeoTIFF (any CRS): altitude above home -> height "

@@ -131,7 +131,7 @@ class Daemon:
                         log.warning("no camera frame for 1 s: outputs stop carrying a position")
                         if self.link is not None:
                             self.link.statustext("skyloc: camera lost", 4)
-                    self._publish(self.localizer.predict(time.time(), "no camera frame"), None, None)
+                    self._publish(self._outage_prediction(), None, None)
                     self.write_status(camera)
                     continue
                 self.frames += 1
@@ -178,6 +178,14 @@ class Daemon:
                 self._csv_file.close()
         log.info("stopped after %d frames (%d errors)", self.frames, self.errors)
         return 0
+
+    def _outage_prediction(self) -> Estimate:
+        """No frame: the track carried on the autopilot's own velocity while it streams one."""
+        now = time.time()
+        tel = self.link.telemetry if self.link is not None else None
+        v = tel.velocity if tel is not None and now - tel.velocity_time < self.telemetry_timeout_s else None
+        return self.localizer.predict(now, "no camera frame", velocity=v,
+                                      velocity_sigma=self.cfg.localizer.autopilot_velocity_sigma)
 
     def _prediction_after_error(self, why: str) -> Estimate:
         try:

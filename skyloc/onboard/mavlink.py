@@ -96,6 +96,8 @@ class Telemetry:
     heading_deg: float | None = None
     lat: float | None = None  # GLOBAL_POSITION_INT (the autopilot's estimate)
     lon: float | None = None
+    velocity: tuple[float, float] | None = None  # GLOBAL_POSITION_INT vx, vy as east, north (m/s)
+    velocity_time: float = 0.0
     gnss: tuple[float, float, float, int] | None = None  # GPS_RAW_INT: lat, lon, accuracy (m), fix_type
     gnss_time: float = 0.0
     range_m: float | None = None  # DISTANCE_SENSOR facing down (m)
@@ -286,6 +288,7 @@ class MavlinkLink:
                 t.heading_deg = msg.hdg / 100.0
             if msg.lat or msg.lon:
                 t.lat, t.lon = msg.lat / 1e7, msg.lon / 1e7
+            t.velocity, t.velocity_time = (msg.vy / 100.0, msg.vx / 100.0), now
             t.updated = now
         elif kind == "GPS_RAW_INT":
             acc = getattr(msg, "h_acc", 0) / 1000.0 if getattr(msg, "h_acc", 0) else (

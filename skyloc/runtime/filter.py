@@ -102,6 +102,17 @@ class TrackFilter:
         self.P[:2, :2] += np.eye(2) * sigma**2
         self.drift += (self.cfg.odometry_drift + systematic) * float(np.hypot(*d))
 
+    def velocity_update(self, v, sigma: float) -> None:
+        """Fuse a measured velocity (east, north in the filter's axes, 1-sigma per axis): the
+        autopilot's own, while no frame comes, keeps the prediction on the vehicle."""
+        h = np.zeros((2, 4))
+        h[0, 2] = h[1, 3] = 1.0
+        s = h @ self.P @ h.T + np.eye(2) * sigma**2
+        k = self.P @ h.T @ np.linalg.inv(s)
+        self.x = self.x + k @ (np.asarray(v, dtype=np.float64) - h @ self.x)
+        self.P = (np.eye(4) - k @ h) @ self.P
+        self.P = 0.5 * (self.P + self.P.T)
+
     def mahalanobis2(self, xy, sigma: float) -> float:
         s = self.P[:2, :2] + np.eye(2) * (sigma**2 + self.drift**2)
         d = np.asarray(xy, dtype=np.float64) - self.x[:2]

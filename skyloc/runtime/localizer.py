@@ -313,11 +313,22 @@ class Localizer:
             pose = replace(pose, yaw=self.bias.heading, altitude=self.bias.height)
         return step, pose
 
-    def predict(self, t: float, why: str) -> Estimate:
-        """The track carried to time t without a frame (the camera dropped out): dead reckoning
-        with the filter's velocity, the accuracy growing, never "ok" (odometry is interrupted)."""
+    def predict(self, t: float, why: str, velocity: tuple[float, float] | None = None,
+                velocity_sigma: float = 1.0) -> Estimate:
+        """The track carried to time t without a frame (the camera dropped out): dead reckoning,
+        the accuracy growing, never "ok" (odometry is interrupted). velocity: the autopilot's own
+        (true east, north, m/s; its IMU keeps it through an outage, where the filter's would carry
+        on at the last speed through a stop), fused with `velocity_sigma`: the prediction stays
+        on the vehicle, so registration finds it again when the frames come back."""
         est = Estimate(t, NO_FIX, track_id=self.track_id, source=NO_FRAME)
         if self.filter.initialized and t > self.filter.t:
+            if velocity is not None and all(math.isfinite(v) for v in velocity):
+                # the velocity of now carries the track from its last time to now (a vehicle that
+                # braked does not coast on at the speed the last frame showed)
+                a = math.radians(-self.grid_rotation)  # true east/north -> map grid
+                ve, vn = velocity
+                self.filter.velocity_update((ve * math.cos(a) - vn * math.sin(a), ve * math.sin(a) + vn * math.cos(a)),
+                                            velocity_sigma)
             self.filter.predict(t)
             self.evidence.no_odometry(t, self.cfg.status.max_odometry_gap_s)
             self.odometry.reset()  # the next frame has nothing to compare with

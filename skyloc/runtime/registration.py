@@ -353,10 +353,12 @@ class MapRegistration:
         if len(src) < self.cfg.pnp_min_inliers:
             return
         # over hills a sloped ground looks like a tilted camera: without the DEM the solved pose
-        # would trade one for the other, so a level camera keeps the similarity's (slope-robust) answer
+        # would trade one for the other, so a camera the telemetry calls level keeps the
+        # similarity's (slope-robust) answer. The pose is still solved: where it disagrees (a
+        # telemetry that calls a leaning vehicle level, as an EKF after a failsafe did in SITL:
+        # 15 m at 9 deg), the fix's sigma covers the disagreement, since one of the two is wrong.
         tilt = abs(pose.tilt) + math.hypot(pose.pitch, pose.roll)
-        if self.terrain is None and tilt < self.cfg.pnp_min_tilt_deg:
-            return
+        keep_similarity = self.terrain is None and tilt < self.cfg.pnp_min_tilt_deg
         if dh:  # undo the heading hypothesis' turn of the frame features about the nadir point
             a = math.radians(-dh)
             rot = np.array([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
@@ -404,6 +406,10 @@ class MapRegistration:
         moved = math.hypot(centre[0], centre[1])
         if not (rms < 3.0 and height > 0 and abs(height / (pose.altitude * r.scale) - 1) < 0.15
                 and moved < 0.5 * height and spread < max(2.0 * r.sigma, 0.02 * height)):
+            return
+        if keep_similarity:
+            r.tilt_correction_m = moved
+            r.sigma = math.hypot(r.sigma, moved)
             return
         r.x, r.y = ox + float(centre[0]), oy + float(centre[1])
         r.scale = height / pose.altitude  # the height the pose solved, not the similarity's (tilt-blind) scale
