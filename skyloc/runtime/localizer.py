@@ -449,7 +449,7 @@ class Localizer:
     def _learn(self, reg: Registration, used: Pose) -> None:
         """A fused registration measured the heading and height (and, solved on the map, the
         attitude's error): the bias stage learns them."""
-        if reg.pose_solved and math.isfinite(reg.attitude_error_deg):
+        if math.isfinite(reg.attitude_error_deg):  # a pose solved on the map, used or not
             # fast to rise, slow to forget: the error comes back with the next manoeuvre
             e2 = reg.attitude_error_deg ** 2
             self._attitude_ms = e2 if e2 > self._attitude_ms else 0.95 * self._attitude_ms + 0.05 * e2

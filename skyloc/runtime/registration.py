@@ -407,19 +407,20 @@ class MapRegistration:
         if not (rms < 3.0 and height > 0 and abs(height / (pose.altitude * r.scale) - 1) < 0.15
                 and moved < 0.5 * height and spread < max(2.0 * r.sigma, 0.02 * height)):
             return
+        r.tilt_correction_m = moved
+        axis_solved = cv2.Rodrigues(rv)[0].T[:, 2]  # camera z in world axes
+        axis_used = r_wc[:, 2]
+        # the telemetry's attitude error as the image shows it (over unmodelled hills, slope too:
+        # a conservative doubt for the fixes and odometry steps that rest on the attitude)
+        r.attitude_error_deg = math.degrees(math.acos(float(np.clip(axis_solved @ axis_used, -1.0, 1.0))))
+        r.attitude_error_axis = axis_solved - axis_used
         if keep_similarity:
-            r.tilt_correction_m = moved
             r.sigma = math.hypot(r.sigma, moved)
             return
         r.x, r.y = ox + float(centre[0]), oy + float(centre[1])
         r.scale = height / pose.altitude  # the height the pose solved, not the similarity's (tilt-blind) scale
         r.sigma = math.hypot(r.sigma, spread)  # the halves' spread: what the solved tilt leaves uncertain
         r.pose_solved = True
-        r.tilt_correction_m = moved
-        axis_solved = cv2.Rodrigues(rv)[0].T[:, 2]  # camera z in world axes
-        axis_used = r_wc[:, 2]
-        r.attitude_error_deg = math.degrees(math.acos(float(np.clip(axis_solved @ axis_used, -1.0, 1.0))))
-        r.attitude_error_axis = axis_solved - axis_used
 
 
     def _register_one(self, f, fimg, fmask, nadir, gsd, mf, pose: Pose, wx0, wy1, search_radius_m, strict,
