@@ -180,10 +180,13 @@ class Daemon:
         return 0
 
     def _outage_prediction(self) -> Estimate:
-        """No frame: the track carried on the autopilot's own velocity while it streams one."""
+        """No frame: the track carried on the autopilot's own velocity while its estimator has a
+        position (an autopilot that reports none, e.g. a ground peer or an EKF never aided, sends a
+        velocity of 0 that means nothing)."""
         now = time.time()
         tel = self.link.telemetry if self.link is not None else None
-        v = tel.velocity if tel is not None and now - tel.velocity_time < self.telemetry_timeout_s else None
+        v = tel.velocity if tel is not None and tel.lat is not None \
+            and now - tel.velocity_time < self.telemetry_timeout_s else None
         return self.localizer.predict(now, "no camera frame", velocity=v,
                                       velocity_sigma=self.cfg.localizer.autopilot_velocity_sigma)
 
