@@ -259,23 +259,20 @@ def test_as_the_second_gps_the_ground_track_lets_arducopter_arm_and_only_ok_fixe
     peer, link = _link_and_peer(outputs=("gps_input",), gps_id=1)
     low = lambda: Estimate(time.time(), LOW, lat=47.4, lon=8.5, horizontal_accuracy=6.0, confidence=0.3,  # noqa: E731
                            source="prediction")
+    def publish_until(ready, timeout: float, then: int) -> None:
+        end = time.time() + timeout
+        while time.time() < end and not ready():
+            link.publish(low())
+            time.sleep(0.1)
+        for _ in range(then):
+            link.publish(low())
+            time.sleep(0.1)
+
     try:
-        end = time.time() + 6.0
-        while time.time() < end and (link.telemetry.armed is None or link.telemetry.altitude_amsl is None):
-            link.publish(low())
-            time.sleep(0.1)
-        for _ in range(10):
-            link.publish(low())
-            time.sleep(0.1)
+        publish_until(lambda: link.telemetry.armed is not None and link.telemetry.altitude_amsl is not None, 6.0, 10)
         on_ground = peer.of("GPS_INPUT")[-3:]
         peer.armed = True
-        end = time.time() + 4.0
-        while time.time() < end and not link.telemetry.armed:
-            link.publish(low())
-            time.sleep(0.1)
-        for _ in range(5):
-            link.publish(low())
-            time.sleep(0.1)
+        publish_until(lambda: link.telemetry.armed, 4.0, 5)
         flying = peer.of("GPS_INPUT")[-3:]
     finally:
         link.close()

@@ -26,6 +26,18 @@ def _frame(maps, x, y, yaw=40.0, alt=120.0, size=(480, 320)):
     return render_view(autumn.image, autumn.transform, Camera(x, y, alt, yaw, 0.0, 60.0, *size))
 
 
+def _airframe_frame(maps, intr: Intrinsics, true: Pose) -> np.ndarray:
+    """The autumn scene seen by a camera fixed to a leaning airframe (pitch and roll)."""
+    import cv2
+
+    from skyloc.runtime.camera import ground_to_image
+
+    a, _, c, _, e, f = maps[1].transform[:6]
+    pix_to_ground = np.array([[a, 0, c], [0, e, f], [0, 0, 1]], dtype=np.float64)
+    return cv2.warpPerspective(maps[1].image, ground_to_image(intr, true) @ pix_to_ground, (intr.width, intr.height),
+                               flags=cv2.INTER_LINEAR)
+
+
 def _centre(gm):
     left, bottom, right, top = gm.bounds
     return (left + right) / 2, (bottom + top) / 2
@@ -92,18 +104,10 @@ def test_a_leaning_airframe_camera_is_located_by_its_pose_on_the_map_and_the_att
     and pitch: at 120 m, 4 deg at a 30 deg slant puts the similarity's fix 11 m off. The pose
     solved on the map (PnP) does not rest on that attitude, and measures its error, which the
     localizer then uses for the fixes and odometry steps that do rest on it."""
-    import cv2
-
-    from skyloc.runtime.camera import ground_to_image
-
-    gm, autumn = maps
+    gm, _ = maps
     x, y = _centre(gm)
-    a, _, c, _, e, f = autumn.transform[:6]
-    pix_to_ground = np.array([[a, 0, c], [0, e, f], [0, 0, 1]], dtype=np.float64)
     intr = Intrinsics(640, 360, 60.0)
-    true = Pose(x, y, 120.0, 30.0, pitch=-22.0, roll=18.0)
-    frame = cv2.warpPerspective(autumn.image, ground_to_image(intr, true) @ pix_to_ground, (640, 360),
-                                flags=cv2.INTER_LINEAR)
+    frame = _airframe_frame(maps, intr, Pose(x, y, 120.0, 30.0, pitch=-22.0, roll=18.0))
     told = Pose(x + 6.0, y - 4.0, 120.0, 30.0, pitch=-19.0, roll=21.0)  # 3 deg off in each axis
     r = MapRegistration(gm).register(frame, intr, told, search_radius_m=40.0)
     assert r.ok and r.pose_solved, r.reason
@@ -116,18 +120,10 @@ def test_a_leaning_camera_the_telemetry_calls_level_gets_an_accuracy_that_covers
     solved pose would trade slope for tilt). After an EKF failsafe in SITL the telemetry called a
     vehicle leaning 9 deg level, and that answer was 15 m off with a 2.4 m accuracy; the pose solved
     beside it disagrees by that much, and the fix's sigma now says so."""
-    import cv2
-
-    from skyloc.runtime.camera import ground_to_image
-
-    gm, autumn = maps
+    gm, _ = maps
     x, y = _centre(gm)
-    a, _, c, _, e, f = autumn.transform[:6]
-    pix_to_ground = np.array([[a, 0, c], [0, e, f], [0, 0, 1]], dtype=np.float64)
     intr = Intrinsics(640, 360, 60.0)
-    true = Pose(x, y, 110.0, 30.0, pitch=-6.0, roll=6.0)
-    frame = cv2.warpPerspective(autumn.image, ground_to_image(intr, true) @ pix_to_ground, (640, 360),
-                                flags=cv2.INTER_LINEAR)
+    frame = _airframe_frame(maps, intr, Pose(x, y, 110.0, 30.0, pitch=-6.0, roll=6.0))
     r = MapRegistration(gm).register(frame, intr, Pose(x + 5.0, y + 5.0, 110.0, 30.0), search_radius_m=40.0)
     err = math.hypot(r.x - x, r.y - y)
     assert r.ok and not r.pose_solved, r.reason

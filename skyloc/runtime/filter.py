@@ -102,16 +102,20 @@ class TrackFilter:
         self.P[:2, :2] += np.eye(2) * sigma**2
         self.drift += (self.cfg.odometry_drift + systematic) * float(np.hypot(*d))
 
+    def _fuse(self, states: tuple[int, int], z, sigma: float) -> None:
+        """Kalman update of two states (0, 1: position; 2, 3: velocity) by a measurement of them."""
+        h = np.zeros((2, 4))
+        h[0, states[0]] = h[1, states[1]] = 1.0
+        s = h @ self.P @ h.T + np.eye(2) * sigma**2
+        k = self.P @ h.T @ np.linalg.inv(s)
+        self.x = self.x + k @ (np.asarray(z, dtype=np.float64) - h @ self.x)
+        self.P = (np.eye(4) - k @ h) @ self.P
+        self.P = 0.5 * (self.P + self.P.T)
+
     def velocity_update(self, v, sigma: float) -> None:
         """Fuse a measured velocity (east, north in the filter's axes, 1-sigma per axis): the
         autopilot's own, while no frame comes, keeps the prediction on the vehicle."""
-        h = np.zeros((2, 4))
-        h[0, 2] = h[1, 3] = 1.0
-        s = h @ self.P @ h.T + np.eye(2) * sigma**2
-        k = self.P @ h.T @ np.linalg.inv(s)
-        self.x = self.x + k @ (np.asarray(v, dtype=np.float64) - h @ self.x)
-        self.P = (np.eye(4) - k @ h) @ self.P
-        self.P = 0.5 * (self.P + self.P.T)
+        self._fuse((2, 3), v, sigma)
 
     def mahalanobis2(self, xy, sigma: float) -> float:
         s = self.P[:2, :2] + np.eye(2) * (sigma**2 + self.drift**2)
@@ -124,13 +128,7 @@ class TrackFilter:
             return False
         self.P[:2, :2] += np.eye(2) * self.drift**2  # fold the systematic drift into the prior
         self.drift = 0.0
-        h = np.zeros((2, 4))
-        h[0, 0] = h[1, 1] = 1.0
-        s = h @ self.P @ h.T + np.eye(2) * sigma**2
-        k = self.P @ h.T @ np.linalg.inv(s)
-        self.x = self.x + k @ (np.asarray(xy, dtype=np.float64) - h @ self.x)
-        self.P = (np.eye(4) - k @ h) @ self.P
-        self.P = 0.5 * (self.P + self.P.T)
+        self._fuse((0, 1), xy, sigma)
         return True
 
     @property
