@@ -40,8 +40,12 @@ def test_hover_and_a_straight_leg_on_skyloc_with_gps_off(tmp_path, onnx_model):
                               box_m=150.0, speed=8.0, camera_cut_s=0.0, mission="leg"), cfg, camera)
     assert rep["completed"], rep
     assert not rep["failsafes"], rep["failsafes"]
-    assert rep["ekf_error_m"]["p95"] < 6.0 and rep["skyloc_ok_share"] > 0.9
-    assert rep["skyloc_ok_within_3x"] >= 0.95
+    # the aims for the EKF; skyloc honest on every ok fix
+    assert rep["ekf_error_m"]["p95"] < 4.0 and rep["ekf_error_m"]["max"] < 6.0, rep["ekf_error_m"]
+    assert rep["skyloc_ok_within_3x"] >= 0.99
+    # the 70 s landing from 80 m counts too, and below ~20 m the camera sees too little of the map
+    # (measured: 81 % ok, EKF error p95 1.3 m, max 2.1 m, 100 % within 3x)
+    assert rep["skyloc_ok_share"] > 0.7
 
 
 def test_sitl_without_a_binary_is_a_one_line_error(tmp_path):
