@@ -439,7 +439,6 @@ class MavlinkLink:
                 # ODOMETRY at its send time minus VISO_DELAY_MS, the link's delay alone
                 shot = est.time if abs(now - est.time) < 10.0 else now  # not a wall clock: now
                 self._latest, self._latest_wall = est, min(shot, now)
-
             if est.status == OK and self.origin is None and est.has_position:
                 alt = self.telemetry.altitude_amsl
                 agl = self.telemetry.altitude_agl
@@ -491,6 +490,10 @@ class MavlinkLink:
         drms = math.hypot(est.horizontal_accuracy, 0.5 * self.accel * age * age + 1.0 * age)
         return est, age, lat, lon, drms
 
+    def _speed_sigma(self, est: Estimate, age: float) -> float:
+        """1-sigma (m/s) of the velocity sent: the filter's, grown by the prediction's age."""
+        return math.hypot(min(50.0, est.velocity_sigma), self.accel * age, 0.3)
+
     # -- message contents -----------------------------------------------------------------------
     def gps_input_fields(self, now: float) -> dict:
         """GPS_INPUT contents at wall time `now`: the last fix predicted forward, honestly degraded."""
@@ -510,7 +513,7 @@ class MavlinkLink:
                                                        | M.GPS_INPUT_IGNORE_FLAG_VERTICAL_ACCURACY))
         f.update(lat=int(round(lat * 1e7)), lon=int(round(lon * 1e7)), vn=est.vy, ve=est.vx,
                  horiz_accuracy=float(acc), hdop=float(min(99.0, max(0.5, acc / 3.0))),
-                 speed_accuracy=float(min(99.0, math.hypot(min(50.0, est.velocity_sigma), self.accel * age, 0.3))))
+                 speed_accuracy=float(min(99.0, self._speed_sigma(est, age))))
         if est.status == OK and age <= self.max_prediction_s:
             # ArduPilot's EKF wants >= 6 satellites for a usable fix; a vision fix has none, so
             # report a nominal 10 only while the fix is good (0 otherwise).
@@ -561,7 +564,7 @@ class MavlinkLink:
             pose_cov[0] = pose_cov[6] = var  # x, y
             pose_cov[11] = Z_SIGMA**2  # z
         pose_cov[15] = pose_cov[18] = pose_cov[20] = ATT_SIGMA**2  # roll, pitch, yaw
-        vel_var = math.hypot(min(50.0, est.velocity_sigma), self.accel * age, 0.3) ** 2  # PX4 reads it
+        vel_var = self._speed_sigma(est, age) ** 2  # PX4 reads it
         vel_cov = [0.0] * 21
         vel_cov[0] = vel_cov[6] = vel_var
         vel_cov[11] = 4.0  # no vertical velocity is measured: 0 +- 2 m/s

@@ -56,6 +56,11 @@ class Pose:
     def moved_to(self, x: float, y: float) -> "Pose":
         return replace(self, x=float(x), y=float(y))
 
+    @property
+    def off_nadir_deg(self) -> float:
+        """How far the optical axis leans from nadir (mount tilt plus the vehicle's lean), about."""
+        return abs(self.tilt) + math.hypot(self.pitch, self.roll)
+
 
 _NED_TO_ENU = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])
 

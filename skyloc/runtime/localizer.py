@@ -74,6 +74,12 @@ class LocalizerConfig:
     status: StatusConfig = field(default_factory=StatusConfig)
 
 
+def _turn(v: tuple[float, float], deg: float) -> tuple[float, float]:
+    """An (east, north) vector in axes turned anticlockwise by deg: map grid <-> true north."""
+    a = math.radians(deg)
+    return v[0] * math.cos(a) - v[1] * math.sin(a), v[0] * math.sin(a) + v[1] * math.cos(a)
+
+
 def parse_start(text: str | None) -> tuple[float, float, float] | None:
     """`LAT,LON[,RADIUS_M]` -> (lat, lon, radius); the radius defaults to 50 m."""
     if text is None or str(text).strip() == "":
@@ -325,10 +331,7 @@ class Localizer:
             if velocity is not None and all(math.isfinite(v) for v in velocity):
                 # the velocity of now carries the track from its last time to now (a vehicle that
                 # braked does not coast on at the speed the last frame showed)
-                a = math.radians(-self.grid_rotation)  # true east/north -> map grid
-                ve, vn = velocity
-                self.filter.velocity_update((ve * math.cos(a) - vn * math.sin(a), ve * math.sin(a) + vn * math.cos(a)),
-                                            velocity_sigma)
+                self.filter.velocity_update(_turn(velocity, -self.grid_rotation), velocity_sigma)  # true -> grid
             self.filter.predict(t)
             self.evidence.no_odometry(t, self.cfg.status.max_odometry_gap_s)
             self.odometry.reset()  # the next frame has nothing to compare with
@@ -367,8 +370,7 @@ class Localizer:
         (a manoeuvre with an airframe-fixed camera): registration does not rest on the attitude."""
         if t >= self.next_registration:
             return True
-        sigma = math.sqrt(max(np.linalg.eigvalsh(self.filter.position_cov)))
-        return sigma > self.cfg.register_above_sigma_m and t >= self.last_registration_try + self.cfg.retry_interval_s
+        return self.filter.position_sigma > self.cfg.register_above_sigma_m and t >= self.last_registration_try + self.cfg.retry_interval_s
 
     def _search_radius(self, t: float) -> float:
         cov = self.filter.position_cov
@@ -389,7 +391,7 @@ class Localizer:
         alt = altitude if math.isfinite(altitude) else 0.0
         if reg.pose_solved:  # the camera's pose came from the map: the telemetry's attitude is not in it
             return math.sqrt(reg.sigma**2 + self.map_sigma**2)
-        tilt = 0.0 if pose is None else min(60.0, abs(pose.tilt) + math.hypot(pose.pitch, pose.roll))
+        tilt = 0.0 if pose is None else min(60.0, pose.off_nadir_deg)
         # an angle error e moves the ground point seen at a slant t by h (tan(t + e) - tan t) ~ h e / cos^2 t
         att = alt * math.tan(math.radians(self.attitude_sigma_deg)) / math.cos(math.radians(tilt)) ** 2
         turn = 0.0
@@ -537,10 +539,8 @@ class Localizer:
         est.lat, est.lon = (float(v) for v in self.cache.geodesy.to_latlon(x, y))
         est.horizontal_accuracy = accuracy
         est.cov_xx, est.cov_xy, est.cov_yy = (float(cov[0, 0] + floor), float(cov[0, 1]), float(cov[1, 1] + floor))
-        vx, vy = self.filter.velocity  # map grid axes -> true east/north (what autopilots take)
-        a = math.radians(self.grid_rotation)
-        est.vx, est.vy = vx * math.cos(a) - vy * math.sin(a), vx * math.sin(a) + vy * math.cos(a)
-        est.velocity_sigma = float(math.sqrt(max(np.linalg.eigvalsh(self.filter.P[2:, 2:]))))
+        est.vx, est.vy = _turn(self.filter.velocity, self.grid_rotation)  # map grid -> true east/north
+        est.velocity_sigma = self.filter.speed_sigma()
         est.since_registration_s = t - self.evidence.last_registration_t
         est.confidence = float(max(0.0, 1.0 - accuracy / self.cfg.status.ok_max_accuracy_m)) * (1.0 if status == OK else 0.5)
         if why:

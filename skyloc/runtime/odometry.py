@@ -167,7 +167,7 @@ class VisualOdometry:
         step = OdometryStep(t, dt, True, dx, dy, sigma, int(sim_in.sum()), len(a), -rot, s,
                             telemetry_turn_deg=-((-(pose.yaw - p_pose.yaw) + 180.0) % 360.0 - 180.0),
                             tilt_change_deg=math.hypot(pose.pitch - p_pose.pitch, pose.roll - p_pose.roll),
-                            tilt_deg=abs(pose.tilt) + math.hypot(pose.pitch, pose.roll))
+                            tilt_deg=pose.off_nadir_deg)
         if sim_in.sum() < self.cfg.min_inliers:
             return fail("no consistent ground motion", tracked=len(a), inliers=int(sim_in.sum()))
         if abs(rot) > (self.cfg.max_rotation_deg if trust_yaw else 0.0):

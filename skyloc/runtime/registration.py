@@ -357,7 +357,7 @@ class MapRegistration:
         # similarity's (slope-robust) answer. The pose is still solved: where it disagrees (a
         # telemetry that calls a leaning vehicle level, as an EKF after a failsafe did in SITL:
         # 15 m at 9 deg), the fix's sigma covers the disagreement, since one of the two is wrong.
-        tilt = abs(pose.tilt) + math.hypot(pose.pitch, pose.roll)
+        tilt = pose.off_nadir_deg
         keep_similarity = self.terrain is None and tilt < self.cfg.pnp_min_tilt_deg
         if dh:  # undo the heading hypothesis' turn of the frame features about the nadir point
             a = math.radians(-dh)
