@@ -593,10 +593,12 @@ def sitl(
     else:
         if model is None:
             raise SkylocError("pass --config skyloc.yaml, or --model (and --cache) to fly with")
+        dem = None
         if cache is None:
-            cache, camera_map = _sitl_world(model, out, altitude)
+            cache, camera_map, dem = _sitl_world(model, out, altitude)
         cfg = DaemonConfig(model=str(model), cache=str(cache), source="sim://camera", max_fps=10,
                            mavlink=MavlinkConfig(outputs=[output]))
+        cfg.localizer.dem = str(dem) if dem else None
     mf = Path(cfg.cache) / "manifest.json"
     if not mf.is_file():
         raise SkylocError(f"{cfg.cache} has no manifest.json: not a tile cache (skyloc build-cache)")
@@ -621,21 +623,29 @@ def sitl(
 
 
 def _sitl_world(model: Path, out: Path, altitude: float):
-    """A synthetic world for the SITL loop: the cache's map in summer, the camera's in autumn."""
+    """A synthetic world for the SITL loop: the cache's map in summer, the camera's in autumn, and
+    its elevation model (flat: with a DEM every fix solves the camera's pose on the map, so an
+    autopilot's attitude error does not move it; see the README's SITL section)."""
+    import numpy as np
+
     from skyloc.runtime.cache import build_cache
     from skyloc.runtime.embedder import create_embedder
-    from skyloc.synth.world import generate, write_geotiff
+    from skyloc.synth.world import generate, write_dem, write_geotiff
 
     world = out / "world"
     summer = world / "map_summer.tif"
     autumn = world / "camera_autumn.tif"
+    dem = world / "dem.tif"
     cache = world / "map.cache"
-    if not cache.is_dir():
-        write_geotiff(generate(2000, 0.5, seed=21, season="summer", lat=52.2, lon=0.12), summer)
+    if not cache.is_dir() or not dem.is_file():
+        w = generate(2000, 0.5, seed=21, season="summer", lat=52.2, lon=0.12)
+        write_geotiff(w, summer)
         write_geotiff(generate(2000, 0.5, seed=21, season="autumn", lat=52.2, lon=0.12), autumn)
+        write_dem(w, np.zeros(w.image.shape[:2], np.float32), dem)
+    if not cache.is_dir():
         emb = create_embedder(model, "auto")
         build_cache(summer, emb, cache, [1.15 * altitude], overlap=0.75)
-    return cache, autumn
+    return cache, autumn, dem
 
 
 @app.command()

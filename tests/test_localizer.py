@@ -192,3 +192,74 @@ print('OK', est.status)
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("OK"), r.stderr[-2000:]
+
+
+def test_a_leaning_camera_called_level_keeps_an_accuracy_that_covers_it(scene, heldout_cache, embedder):
+    """After a camera cut in SITL the EKF called a vehicle leaning 10 deg level: each fix was 17 m
+    off with a sigma that said so, but fusing one every 0.3 s averaged that to a 4 m accuracy. The
+    error is shared by every fix (the same attitude), so the track's accuracy keeps it."""
+    import cv2
+
+    from skyloc.runtime.camera import Intrinsics, Pose, ground_to_image
+
+    gm, img, tr = scene
+    x, y = gm.pixel_to_xy(512, 512)
+    intr = Intrinsics(640, 360, 60.0)
+    true = Pose(x, y, 110.0, 30.0, pitch=-7.0, roll=7.0)  # ~10 deg off nadir
+    p2g = np.array([[tr[0], 0, tr[2]], [0, tr[4], tr[5]], [0, 0, 1]], dtype=np.float64)
+    frame = cv2.warpPerspective(img, ground_to_image(intr, true) @ p2g, (640, 360), flags=cv2.INTER_LINEAR)
+    lat, lon = gm.geodesy.to_latlon(x, y)
+    loc = Localizer(embedder, TileCache.load(heldout_cache, embedder.meta), LocalizerConfig(), start=(lat, lon, 30.0))
+    ests = [loc.locate(frame, 0.1 * i, 30.0, 110.0, roll_deg=0.0, vehicle_pitch_deg=0.0) for i in range(60)]
+    assert sum(e.registered for e in ests) >= 20
+    placed = [e for e in ests[10:] if e.status in (OK, LOW)]
+    errors = [math.hypot(e.x - x, e.y - y) for e in placed]
+    assert placed and max(errors) > 8.0  # the level-called camera's fixes are off ...
+    assert all(err <= 3.0 * e.horizontal_accuracy for err, e in zip(errors, placed))  # ... and say so,
+    assert placed[-1].horizontal_accuracy >= errors[-1]  # ... however many of them are fused
+
+
+def test_face_value_searches_turn_and_scale_the_track_flown_since_the_fix(scene, heldout_cache, embedder):
+    """Until the map has measured the compass and the baro, each heading and height hypothesis
+    puts the drone where the odometry track would be if it were right: the track since the last
+    fix turned and scaled about that fix. That search stays narrow while the whole doubt grows
+    (on NAIP at 30 m/s the wide window outgrew what its few inliers can verify)."""
+    gm, _, _ = scene
+    x, y = gm.pixel_to_xy(512, 512)
+    loc = Localizer(embedder, TileCache.load(heldout_cache, embedder.meta), LocalizerConfig())
+    loc.bias.prior(0.0, 0.0, 120.0, "baro")  # a compass and a baro, neither measured yet
+    loc.filter.init(0.0, (x, y), 10.0)
+    rc = loc.cfg.registration
+    for i in range(1, 41):  # 400 m north by odometry
+        loc.filter.odometry(0.5 * i, (0.0, 10.0), 0.1, loc.bias.odometry_doubt(rc.max_rotation_deg, rc.max_scale_error),
+                            loc.bias.odometry_doubt(rc.max_rotation_deg, rc.max_scale_error, at_face_value=True))
+    cx, cy = loc._centre_of(90.0, 1.0)  # a heading 90 deg clockwise of the compass: flown east
+    assert (cx - x, cy - y) == pytest.approx((400.0, 0.0), abs=1e-6)
+    cx, cy = loc._centre_of(-16.0, 1.25)  # 16 deg anticlockwise and 25 % higher
+    assert math.hypot(cx - x, cy - y) == pytest.approx(500.0) and cx < x
+    assert loc._search_radius(narrow=True) < 0.6 * loc._search_radius()
+    assert loc._search_radius(narrow=True) <= loc.cfg.max_search_radius_m < loc._search_radius()
+
+
+def test_the_attitude_error_learned_is_what_stands_out_of_the_solves_noise(scene, heldout_cache, embedder):
+    """A pose solved 1000 m up on a 5 m/px map measures an exact attitude as 1-3 deg off (NAIP):
+    taken as the telemetry's error it made every fix 35-60 m uncertain there. Only what stands
+    out of the solve's own sigma counts; an EKF 10 deg off at 110 m (SITL) still does."""
+    from skyloc.runtime.camera import Pose
+    from skyloc.runtime.registration import Registration
+
+    gm, _, _ = scene
+    x, y = gm.pixel_to_xy(512, 512)
+    loc = Localizer(embedder, TileCache.load(heldout_cache, embedder.meta), LocalizerConfig())
+    loc.bias.prior(0.0, 0.0, 1000.0, "baro")
+    loc.filter.init(0.0, (x, y), 10.0)
+    used = Pose(x, y, 1000.0, 0.0)
+    for i, (err, noise) in enumerate([(2.0, 1.0), (3.5, 1.0), (1.2, 1.2), (2.5, 0.9)]):
+        loc.filter.t = 0.5 * i
+        loc._learn(Registration(True, x, y, 3.0, attitude_error_deg=err, attitude_error_sigma_deg=noise,
+                                attitude_error_axis=np.radians([err, 0.0, 0.0])), used)
+    assert loc.attitude_sigma_deg < 1.0  # noise, not the telemetry's error
+    assert loc._attitude_drift_ms == 0.0  # nor its change (their differences are within the noise)
+    loc._learn(Registration(True, x, y, 1.0, attitude_error_deg=10.0, attitude_error_sigma_deg=0.2,
+                            attitude_error_axis=np.radians([10.0, 0.0, 0.0])), used)
+    assert loc.attitude_sigma_deg == pytest.approx(9.4, abs=0.1)

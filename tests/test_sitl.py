@@ -30,12 +30,13 @@ def test_hover_and_a_straight_leg_on_skyloc_with_gps_off(tmp_path, onnx_model):
     from skyloc.onboard.sitl import SitlConfig, run_sitl
     from skyloc.runtime.geo import GeoMap
 
-    cache, camera = _sitl_world(onnx_model, tmp_path, 80.0)
+    cache, camera, dem = _sitl_world(onnx_model, tmp_path, 80.0)
     gm = GeoMap(camera)
     left, bottom, right, top = gm.bounds
     lat, lon = gm.geodesy.to_latlon((left + right) / 2, (bottom + top) / 2 - 75)
     cfg = DaemonConfig(model=str(onnx_model), cache=str(cache), source="sim://camera", max_fps=10,
                        mavlink=MavlinkConfig(outputs=["odometry"]))
+    cfg.localizer.dem = str(dem)
     rep = run_sitl(SitlConfig(binary=Path(SITL), out=tmp_path / "out", home=(lat, lon, 50.0, 0.0), altitude=80.0,
                               box_m=150.0, speed=8.0, camera_cut_s=0.0, mission="leg"), cfg, camera)
     assert rep["completed"], rep

@@ -142,11 +142,16 @@ def test_until_the_errors_are_measured_every_other_search_takes_the_telemetry_at
     b = TelemetryBias()
     b.prior(0.0, 100.0, 150.0, "baro")
     assert b.hypotheses(8.0, 0.12, at_face_value=True) == ([(0.0, 1.0)], 8.0, 0.12)
+    hyps, rot, sc = b.hypotheses(8.0, 0.12, at_face_value=True, steps=True)
+    assert (rot, sc) == (8.0, 0.12) and hyps[0] == (0.0, 1.0)  # the telemetry as it is comes first
+    # ... then steps of twice the tolerance out to 3 sigma of the prior (10 deg, 10 %), each as narrow
+    assert {h for h, _ in hyps} == {0.0, 16.0, -16.0, 32.0, -32.0}
+    assert {round(k, 3) for _, k in hyps} == {1.0, 1.254, 0.797} and len(hyps) == 12
     assert b.hypotheses(8.0, 0.12)[1] >= 30  # the wide one is unchanged
     none = TelemetryBias()
     none.prior(0.0, None, 150.0, "baro")  # no yaw: nothing to take at face value for the heading
-    hyps, rot, sc = none.hypotheses(8.0, 0.12, at_face_value=True)
-    assert rot == 180.0 and hyps == [(0.0, 1.0)] and sc == 0.12
+    hyps, rot, sc = none.hypotheses(8.0, 0.12, at_face_value=True, steps=True)
+    assert rot == 180.0 and {h for h, _ in hyps} == {0.0} and sc == 0.12
     b.registered(-12.0, 0.5, 1.1, 0.01)  # measured: one search, the same either way
     assert b.hypotheses(8.0, 0.12, at_face_value=True) == b.hypotheses(8.0, 0.12)
 

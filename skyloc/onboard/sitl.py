@@ -331,6 +331,11 @@ def run_sitl(cfg: SitlConfig, daemon_config, camera_map, progress=print) -> dict
         if wrong:
             raise SkylocError(f"SITL did not take the parameter file: {wrong}")
         gcs.set_param("WPNAV_SPEED", cfg.speed * 100)  # the mission's speed (cm/s), not a skyloc setting
+        climb, descent = (5.0, 3.0) if cfg.altitude > 300 else (2.5, 1.5)  # ... and its climb and descent (m/s)
+        if cfg.altitude > 300:  # a high mission (NAIP at 1000 m) climbs and lands faster than the defaults
+            gcs.set_param("WPNAV_SPEED_UP", climb * 100)
+            gcs.set_param("WPNAV_SPEED_DN", descent * 100)
+            gcs.set_param("LAND_SPEED_HIGH", descent * 100)
         # the daemon: the user's config, its camera the simulator's, its link SITL's second port
         daemon_config.source = "sim://camera"
         daemon_config.mavlink.url = "tcp:127.0.0.1:5762"
@@ -361,7 +366,7 @@ def run_sitl(cfg: SitlConfig, daemon_config, camera_map, progress=print) -> dict
             raise SkylocError("SITL never became ready to arm: " + "; ".join(prearm[-4:] or ["no reason given"]))
         event("armed")
         gcs.command_ok(M.MAV_CMD_NAV_TAKEOFF, 0, 0, 0, 0, 0, 0, cfg.altitude, retries=3)
-        _wait(lambda: (gcs.position() or (0, 0, 0))[2] > cfg.altitude - 3, 90, "take-off")
+        _wait(lambda: (gcs.position() or (0, 0, 0))[2] > cfg.altitude - 3, cfg.altitude / climb + 60, "take-off")
         event(f"at {cfg.altitude:.0f} m on GPS")
         _wait(lambda: daemon.last is not None and daemon.last.status == "ok", 60, "skyloc's first ok fix")
         event("skyloc ok")
@@ -401,13 +406,13 @@ def run_sitl(cfg: SitlConfig, daemon_config, camera_map, progress=print) -> dict
                 raise _Aborted(f"corner {k + 1} not reached")
             event(f"corner {k + 1} of {len(corners)}")
         gcs.set_mode("LAND")
-        _wait(lambda: not gcs.armed, 180, "landing")
+        _wait(lambda: not gcs.armed, cfg.altitude / descent + 120, "landing")
         event("landed and disarmed")
         completed, why = True, ""
     except _Aborted as exc:
         completed, why = False, str(exc)
         event(f"mission aborted: {why}")
-        if gcs is not None and _wait(lambda: not gcs.armed, 180, "landing", raise_=False):
+        if gcs is not None and _wait(lambda: not gcs.armed, cfg.altitude / 1.5 + 120, "landing", raise_=False):
             event("landed and disarmed (after the abort)")  # what the failsafe did is in the report
     finally:
         if daemon is not None:

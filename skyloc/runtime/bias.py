@@ -197,8 +197,26 @@ class TelemetryBias:
         if scale is not None and scale > 0 and self.vc is not None:
             self.vc = max(self.vc, (abs(math.log(scale)) / 2.5) ** 2)
 
-    def hypotheses(self, base_rotation_deg: float, base_scale: float,
-                   at_face_value: bool = False) -> tuple[list[tuple[float, float]], float, float]:
+    def _face_value(self) -> tuple[bool, bool]:
+        """Which of heading and height a face-value search narrows: the telemetry's, unmeasured."""
+        return (self.yaw_ref == "compass" and not self.measured_heading,
+                self.height_ref != "none" and not self.measured_height)
+
+    def odometry_doubt(self, base_rotation_deg: float, base_scale: float, at_face_value: bool = False) -> float:
+        """Systematic error of an odometry track per metre flown: a heading still uncertain turns
+        every step the same way, a height still uncertain scales it. At face value (the telemetry
+        within the registration's own tolerances, as `hypotheses(at_face_value=True)` searches)
+        the doubt is the tolerances' (1/3 of them), so that search stays as narrow as the telemetry
+        deserves while the wide one grows with the whole doubt."""
+        heading, height = self.heading_sigma, self.height_sigma
+        if at_face_value:
+            narrow_heading, narrow_height = self._face_value()
+            heading = min(heading, base_rotation_deg / 3.0) if narrow_heading else heading
+            height = min(height, base_scale / 3.0) if narrow_height else height
+        return min(2.0, math.radians(heading)) + height
+
+    def hypotheses(self, base_rotation_deg: float, base_scale: float, at_face_value: bool = False,
+                   steps: bool = False) -> tuple[list[tuple[float, float]], float, float]:
         """Offsets (heading deg, height factor) from the current estimate to try in a registration,
         and the rotation and scale tolerance of each. The registration's matcher turns and scales
         the frame's features itself (SIFT is rotation and scale covariant), so one hypothesis
@@ -206,14 +224,27 @@ class TelemetryBias:
         to `max_scale_search`; only larger height doubts (no altitude at all) need a grid."""
         cfg = self.cfg
         if at_face_value and (self.yaw_ref == "compass" or self.height_ref != "none"):
-            # the telemetry as it is, within the registration's own tolerances: most compasses and
-            # barometers are within them, and the narrow search keeps the few inliers of a coarse
-            # map (5 m/px) above the stricter threshold a wide one needs. The wide search takes
-            # the other tries until the map has measured the errors.
+            # the telemetry as it is, within the registration's own tolerances, and with `steps`
+            # a few steps of them either side out to 3 sigma of the prior (a compass 16 or 32 deg
+            # off, a baro 25 % off): each is a narrow search, so the few inliers of a coarse map
+            # (5 m/px) stay above the threshold that a wide tolerance's larger reach would need.
+            # The wide search takes the other tries until the map has measured the errors.
             wide = self.hypotheses(base_rotation_deg, base_scale)
-            narrow_rot = self.yaw_ref == "compass" and not self.measured_heading
-            narrow_height = self.height_ref != "none" and not self.measured_height
-            return ([(0.0, 1.0)] if narrow_height else wide[0], base_rotation_deg if narrow_rot else wide[1],
+            narrow_rot, narrow_height = self._face_value()
+            headings = [0.0]
+            if narrow_rot and steps:
+                for i in range(1, 1 + min(2, math.ceil((3.0 * self.heading_sigma - base_rotation_deg)
+                                                       / (2.0 * base_rotation_deg)))):
+                    headings += [2.0 * base_rotation_deg * i, -2.0 * base_rotation_deg * i]
+            heights = [1.0]
+            if narrow_height and steps and 3.0 * self.height_sigma > base_scale:
+                step = math.exp(2.0 * math.log1p(base_scale))
+                heights += [step, 1.0 / step]
+            if not narrow_height:
+                heights = [k for _, k in wide[0]]
+            grid = [(h, k) for k in heights for h in headings]
+            grid.sort(key=lambda hk: (hk[0] / base_rotation_deg) ** 2 + (math.log(hk[1]) / math.log1p(base_scale)) ** 2)
+            return (grid[: cfg.max_hypotheses], base_rotation_deg if narrow_rot else wide[1],
                     base_scale if narrow_height else wide[2])
         rot_tol = min(180.0, max(base_rotation_deg, 3.0 * self.heading_sigma + (2.0 if self.heading_sigma > 3 else 0.0)))
         sc3 = 3.0 * self.height_sigma

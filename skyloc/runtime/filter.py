@@ -35,6 +35,8 @@ class TrackFilter:
         self.P: np.ndarray | None = None
         self.t: float | None = None
         self.drift = 0.0  # accumulated systematic odometry error (1 sigma, metres) since the last fix
+        self.narrow_drift = 0.0  # ... if the telemetry's heading and height are right (`odometry`'s narrow_systematic)
+        self.anchor: np.ndarray | None = None  # the position right after the last absolute fix (or the start)
 
     @property
     def initialized(self) -> bool:
@@ -42,7 +44,7 @@ class TrackFilter:
 
     def reset(self) -> None:
         self.x = self.P = self.t = None
-        self.drift = 0.0
+        self.drift = self.narrow_drift = 0.0
 
     def snapshot(self) -> "TrackFilter":
         """A copy to rewind to (a registration that finishes late is fused at its frame's time)."""
@@ -53,7 +55,8 @@ class TrackFilter:
         self.x = np.array([xy[0], xy[1], velocity[0], velocity[1]], dtype=np.float64)
         self.P = np.diag([sigma**2, sigma**2, vs**2, vs**2])
         self.t = float(t)
-        self.drift = 0.0
+        self.drift = self.narrow_drift = 0.0
+        self.anchor = self.x[:2].copy()
 
     def _transition(self, dt: float) -> tuple[np.ndarray, np.ndarray]:
         f = np.eye(4)
@@ -79,12 +82,15 @@ class TrackFilter:
         p[:2, :2] += np.eye(2) * self.drift**2
         return f @ self.x, p
 
-    def odometry(self, t: float, dxy, sigma: float, systematic: float = 0.0) -> None:
+    def odometry(self, t: float, dxy, sigma: float, systematic: float = 0.0,
+                 narrow_systematic: float | None = None) -> None:
         """Move by a measured displacement since the filter's time (the previous frame).
 
         The position follows the displacement (its uncertainty grows by the step's noise and the
         systematic drift, plus `systematic` per metre: a heading or height still uncertain); the
-        velocity is updated from displacement / time.
+        velocity is updated from displacement / time. narrow_systematic: the same if the
+        telemetry's heading and height are right within the registration's tolerances (it sizes
+        the search that takes them at face value; `narrow_position_cov`).
         """
         d = np.asarray(dxy, dtype=np.float64)
         dt = float(t) - self.t
@@ -100,7 +106,10 @@ class TrackFilter:
             self.t = float(t)
         self.x[:2] += d
         self.P[:2, :2] += np.eye(2) * sigma**2
-        self.drift += (self.cfg.odometry_drift + systematic) * float(np.hypot(*d))
+        dist = float(np.hypot(*d))
+        self.drift += (self.cfg.odometry_drift + systematic) * dist
+        narrow = systematic if narrow_systematic is None else min(systematic, narrow_systematic)
+        self.narrow_drift += (self.cfg.odometry_drift + narrow) * dist
 
     def _fuse(self, states: tuple[int, int], z, sigma: float) -> None:
         """Kalman update of two states (0, 1: position; 2, 3: velocity) by a measurement of them."""
@@ -127,13 +136,24 @@ class TrackFilter:
         if gate and self.mahalanobis2(xy, sigma) > self.cfg.gate_chi2:
             return False
         self.P[:2, :2] += np.eye(2) * self.drift**2  # fold the systematic drift into the prior
-        self.drift = 0.0
+        self.drift = self.narrow_drift = 0.0
         self._fuse((0, 1), xy, sigma)
+        self.anchor = self.x[:2].copy()
         return True
 
     @property
     def position_cov(self) -> np.ndarray:
         return self.P[:2, :2] + np.eye(2) * self.drift**2
+
+    def flown_since_fix(self) -> np.ndarray:
+        """The displacement since the last absolute fix: what a heading or height error turns
+        and scales (odometry and dead reckoning both rest on them)."""
+        return self.x[:2] - self.anchor
+
+    def narrow_position_cov(self) -> np.ndarray:
+        """The position's covariance if the telemetry's heading and height are right (within the
+        registration's tolerances): the window of a search that takes them at face value."""
+        return self.P[:2, :2] + np.eye(2) * self.narrow_drift**2
 
     @property
     def position_sigma(self) -> float:

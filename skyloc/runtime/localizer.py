@@ -134,10 +134,11 @@ class Localizer:
         self.track_id = 0
         self.next_registration = -math.inf
         self.last_registration_try = -math.inf
-        self._tries = 0  # registrations and relocalizations tried (narrow and wide searches alternate)
+        self._tries = 0  # registrations tried (face-value and wide searches alternate)
         self._attitude_ms = 0.0  # mean square of the telemetry's attitude error, measured on the map (deg^2)
         self._attitude_drift_ms = 0.0  # ... and of how fast it changes ((deg/s)^2)
-        self._last_attitude_error: tuple[float, np.ndarray] | None = None
+        self._last_attitude_error: tuple[float, np.ndarray, float] | None = None  # (t, axis error, its sigma)
+        self._fix_systematic_m = 0.0  # what the last fused fix shares with the ones before it (attitude)
         self.next_relocalization = -math.inf
         self.rejections = 0
         self.start = start
@@ -195,6 +196,7 @@ class Localizer:
 
     def _start_track(self, t: float, xy, sigma: float, why: str, velocity=(0.0, 0.0)) -> None:
         self.filter.init(t, xy, sigma, velocity)
+        self._fix_systematic_m = 0.0  # a new track rests on no fix yet
         self.evidence = TrackEvidence(started=True)
         self.track_id += 1
         self.rejections = 0
@@ -240,9 +242,10 @@ class Localizer:
         t3 = time.perf_counter()
         if self.filter.initialized and self._registration_due(t):
             self.last_registration_try = t
-            radius = self._search_radius(t)
+            face_value = self._next_try_at_face_value()
+            radius = self._search_radius(narrow=face_value)
             if radius <= self.cfg.max_search_radius_m:
-                reg, used = self._register(frame, intr, pose, radius)
+                reg, used = self._register(frame, intr, pose, radius, self._hypotheses(face_value, steps=True))
                 self._fuse(t, reg, used, est, notes)
             elif self.relocalizer is not None and t >= self.next_relocalization:
                 self._relocalize(t, frame, intr, pose, est, notes,
@@ -345,9 +348,10 @@ class Localizer:
         if step is not None and step.ok and step.t - step.dt >= self.filter.t - 1e-6:
             self.filter.predict(step.t - step.dt)
             # a heading or height still uncertain turns and scales every step the same way
-            systematic = min(2.0, math.radians(self.bias.heading_sigma)) + self.bias.height_sigma
+            rc = self.cfg.registration
             self.filter.odometry(t, (step.dx, step.dy), math.hypot(step.sigma, self._attitude_step_sigma(step)),
-                                 systematic)
+                                 self.bias.odometry_doubt(rc.max_rotation_deg, rc.max_scale_error),
+                                 self.bias.odometry_doubt(rc.max_rotation_deg, rc.max_scale_error, at_face_value=True))
             self.evidence.odometry(t, step.distance, gap)
             est.odometry, est.source = True, "odometry"
         else:
@@ -357,13 +361,22 @@ class Localizer:
             if step is not None and not step.ok:
                 notes.append(f"no odometry: {step.reason}")
 
-    def _hypotheses(self):
-        """Heading and height search of the next registration: until the map has measured the
-        telemetry's errors, every other try takes the telemetry at face value (narrow, as strict
-        as ever), the others search as wide as the bias stage's doubt."""
+    def _next_try_at_face_value(self) -> bool:
+        """Until the map has measured the telemetry's errors, every other registration around a
+        track takes the telemetry at face value (narrow in heading, height and place, as strict
+        as ever); the others search as wide as the bias stage's doubt. Relocalization always
+        searches wide: its places come from retrieval, and over hills the height a place's DEM
+        gives (at the tile's centre) is 7-16 % off what the frame shows, which a face-value try
+        refused for a second at a time (first fix after 11 s on the hilly world, 0.2 s wide)."""
         self._tries += 1
-        return self.bias.hypotheses(self.cfg.registration.max_rotation_deg, self.cfg.registration.max_scale_error,
-                                    at_face_value=self._tries % 2 == 1)
+        return self._tries % 2 == 1
+
+    def _hypotheses(self, face_value: bool = False, steps: bool = False):
+        """(heading, height) hypotheses and tolerances of one search (`TelemetryBias.hypotheses`);
+        steps: at face value, also the narrow steps either side (around a track, whose place
+        each of them turns: `_centre_of`)."""
+        rc = self.cfg.registration
+        return self.bias.hypotheses(rc.max_rotation_deg, rc.max_scale_error, at_face_value=face_value, steps=steps)
 
     def _registration_due(self, t: float) -> bool:
         """Every registration_interval_s, and sooner while odometry has made the track unsure
@@ -372,32 +385,49 @@ class Localizer:
             return True
         return self.filter.position_sigma > self.cfg.register_above_sigma_m and t >= self.last_registration_try + self.cfg.retry_interval_s
 
-    def _search_radius(self, t: float) -> float:
-        cov = self.filter.position_cov
+    def _search_radius(self, narrow: bool = False) -> float:
+        """3 sigma of the track and a margin; narrow: as far as the track can be off if the
+        telemetry's heading and height are right (the face-value search), not the bias stage's
+        whole doubt that every odometry step carries until the map has measured them."""
+        cov = self.filter.narrow_position_cov() if narrow else self.filter.position_cov
         sigma = math.sqrt(max(np.linalg.eigvalsh(cov)))
         return max(self.cfg.min_search_radius_m, 3.0 * sigma + self.cfg.search_margin_m)
 
-    def _register(self, frame, intr: Intrinsics, pose: Pose, radius: float) -> tuple[Registration, Pose]:
-        """Registration around the prediction, as wide in heading and height as the bias stage's
-        uncertainty (whole circle without yaw; a grid of heights without altitude)."""
+    def _register(self, frame, intr: Intrinsics, pose: Pose, radius: float, search) -> tuple[Registration, Pose]:
+        """Registration around the prediction, as wide in heading and height as `search` (the
+        bias stage's uncertainty: whole circle without yaw; a grid of heights without altitude)."""
         at = pose.moved_to(float(self.filter.x[0]), float(self.filter.x[1]))
-        hyps, rot_tol, scale_tol = self._hypotheses()
-        return self.registration.register(frame, intr, at, radius, hypotheses=hyps, rotation_tol_deg=rot_tol,
-                                          scale_tol=scale_tol), at
+        hyps, rot_tol, scale_tol = search
+        reg = self.registration.register(frame, intr, at, radius, hypotheses=hyps, rotation_tol_deg=rot_tol,
+                                         scale_tol=scale_tol, centre_of=self._centre_of)
+        return reg, at
+
+    def _centre_of(self, heading_offset_deg: float, height_factor: float) -> tuple[float, float]:
+        """Where the drone is if the heading is off by heading_offset_deg (clockwise) and the
+        height by height_factor: the track flown since the last fix, turned and scaled about it."""
+        d = _turn(tuple(self.filter.flown_since_fix()), -heading_offset_deg)  # clockwise on the map
+        a = self.filter.anchor
+        return float(a[0] + height_factor * d[0]), float(a[1] + height_factor * d[1])
 
     def _fix_sigma(self, reg: Registration, altitude: float, pose: Pose | None = None) -> float:
         """1-sigma per axis of a registration fix: matching, map georeferencing, attitude, and the
         heading's doubt where the camera looks away from nadir (a tilted view's offset turns with it)."""
+        return math.hypot(math.sqrt(reg.sigma**2 + self.map_sigma**2), self._fix_systematic(reg, altitude, pose))
+
+    def _fix_systematic(self, reg: Registration, altitude: float, pose: Pose | None = None) -> float:
+        """The part of a fix's error that the next fixes share, so fusing many does not average it
+        away: the telemetry's attitude error (as the map measured it) for a fix that rests on it."""
         alt = altitude if math.isfinite(altitude) else 0.0
         if reg.pose_solved:  # the camera's pose came from the map: the telemetry's attitude is not in it
-            return math.sqrt(reg.sigma**2 + self.map_sigma**2)
+            return 0.0
         tilt = 0.0 if pose is None else min(60.0, pose.off_nadir_deg)
         # an angle error e moves the ground point seen at a slant t by h (tan(t + e) - tan t) ~ h e / cos^2 t
         att = alt * math.tan(math.radians(self.attitude_sigma_deg)) / math.cos(math.radians(tilt)) ** 2
+        att = max(att, reg.tilt_correction_m)  # a level-called camera the solved pose sees leaning
         turn = 0.0
         if pose is not None:
             turn = alt * math.tan(math.radians(tilt)) * math.radians(min(90.0, self._heading_doubt()))
-        return math.sqrt(reg.sigma**2 + self.map_sigma**2 + att**2 + turn**2)
+        return math.hypot(att, turn)
 
     def _fuse(self, t: float, reg: Registration, pose: Pose, est: Estimate, notes: list[str]) -> None:
         """Filter: a verified registration that agrees with the track is fused; one that does not
@@ -412,6 +442,7 @@ class Localizer:
         sigma = self._fix_sigma(reg, pose.altitude * reg.scale, pose)
         if self.filter.update((reg.x, reg.y), sigma):
             self.rejections = 0
+            self._fix_systematic_m = self._fix_systematic(reg, pose.altitude * reg.scale, pose)
             self._learn(reg, pose)
             self.evidence.registered(t)
             est.registered, est.source = True, "registration"
@@ -421,6 +452,7 @@ class Localizer:
                      f"track rejected ({self.rejections} in a row)")
         if self.rejections >= self.cfg.gate_resets:
             self._start_track(t, (reg.x, reg.y), sigma, "registrations that disagree with the old track")
+            self._fix_systematic_m = self._fix_systematic(reg, pose.altitude * reg.scale, pose)
             self._learn(reg, pose)
             self.evidence.registered(t)
             est.registered, est.source = True, "registration"
@@ -452,12 +484,17 @@ class Localizer:
         """A fused registration measured the heading and height (and, solved on the map, the
         attitude's error): the bias stage learns them."""
         if math.isfinite(reg.attitude_error_deg):  # a pose solved on the map, used or not
-            # fast to rise, slow to forget: the error comes back with the next manoeuvre
-            e2 = reg.attitude_error_deg ** 2
+            # only what stands out of the solve's own noise (3 sigma) is the telemetry's error: a
+            # high, narrow view measures an exact attitude as 1-3 deg off. Fast to rise, slow to
+            # forget: the error comes back with the next manoeuvre
+            noise = reg.attitude_error_sigma_deg if math.isfinite(reg.attitude_error_sigma_deg) else 0.0
+            e2 = max(0.0, reg.attitude_error_deg - 3.0 * noise) ** 2
             self._attitude_ms = e2 if e2 > self._attitude_ms else 0.95 * self._attitude_ms + 0.05 * e2
-            last, self._last_attitude_error = self._last_attitude_error, (self.filter.t, reg.attitude_error_axis)
+            last = self._last_attitude_error
+            self._last_attitude_error = (self.filter.t, reg.attitude_error_axis, noise)
             if last is not None and 0.05 <= self.filter.t - last[0] <= 1.5:  # how fast that error changes
-                r2 = (math.degrees(float(np.linalg.norm(reg.attitude_error_axis - last[1]))) / (self.filter.t - last[0])) ** 2
+                change = math.degrees(float(np.linalg.norm(reg.attitude_error_axis - last[1])))
+                r2 = (max(0.0, change - 3.0 * math.hypot(noise, last[2])) / (self.filter.t - last[0])) ** 2
                 self._attitude_drift_ms = r2 if r2 > self._attitude_drift_ms else 0.95 * self._attitude_drift_ms + 0.05 * r2
         scale = used.altitude * reg.scale / self.bias.height  # against the current estimate
         rot_sigma = math.hypot(reg.rotation_sigma_deg, self.yaw_rate * self.cfg.attitude_timing_s)
@@ -505,6 +542,7 @@ class Localizer:
         reg = r.registration
         self._start_track(t, (reg.x, reg.y), self._fix_sigma(reg, r.pose.altitude * reg.scale, r.pose),
                           "relocalization")
+        self._fix_systematic_m = self._fix_systematic(reg, r.pose.altitude * reg.scale, r.pose)
         self._learn(reg, r.pose)
         self.odometry.reset()
         self.odometry.step(frame, t, replace(pose, yaw=self.bias.heading, altitude=self.bias.height), intr)
@@ -524,7 +562,9 @@ class Localizer:
             est.status, est.message = NO_FIX, "; ".join(notes) or "no track: relocalizing"
             return
         alt = pose.altitude if math.isfinite(pose.altitude) else (self.last_height[1] if self.last_height else 0.0)
-        floor = self.map_sigma**2 + (alt * math.tan(math.radians(self.cfg.attitude_sigma_deg))) ** 2
+        # what cannot average away: the map's georeferencing, and the attitude the fixes rest on
+        floor = self.map_sigma**2 + max(alt * math.tan(math.radians(self.cfg.attitude_sigma_deg)),
+                                        self._fix_systematic_m) ** 2
         cov = self.filter.position_cov
         accuracy = math.sqrt(float(np.trace(cov)) + 2.0 * floor)
         if accuracy > self.cfg.status.lost_accuracy_m:

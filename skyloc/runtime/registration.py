@@ -67,6 +67,7 @@ class Registration:
     tilt_correction_m: float = 0.0  # how far that moved it from where the telemetry's attitude put it
     attitude_error_deg: float = math.nan  # angle between the solved optical axis and the telemetry's
     attitude_error_axis: np.ndarray | None = None  # solved minus telemetry optical axis (world, radians)
+    attitude_error_sigma_deg: float = math.nan  # ... and its 1-sigma (the solved tilt's own uncertainty)
     inlier_src: np.ndarray | None = field(default=None, repr=False)  # inlier matches (warped frame px)
     inlier_dst: np.ndarray | None = field(default=None, repr=False)  # ... and map window px
     scale_sigma: float = 0.03  # how well scale measures log(height)
@@ -282,7 +283,8 @@ class MapRegistration:
 
     def register(self, frame: np.ndarray, intr: Intrinsics, pose: Pose, search_radius_m: float,
                  strict: bool = False, hypotheses: list[tuple[float, float]] | None = None,
-                 rotation_tol_deg: float | None = None, scale_tol: float | None = None) -> Registration:
+                 rotation_tol_deg: float | None = None, scale_tol: float | None = None,
+                 centre_of=None) -> Registration:
         """Find the frame on the map within `search_radius_m` of (pose.x, pose.y).
 
         strict=True (relocalization, no track to agree with) asks for twice the inliers.
@@ -293,6 +295,8 @@ class MapRegistration:
         features meet the map's at their own scale. The a-contrario threshold is tightened by the
         number of hypotheses and the width of the tolerances. The result's rotation_deg is the
         true heading minus pose.yaw and its scale the true height over pose.altitude.
+        centre_of(heading offset, height factor) -> (x, y): where each hypothesis puts the drone
+        (a track flown by odometry turns and scales with them); default (pose.x, pose.y).
         """
         cfg = self.cfg
         if not (math.isfinite(pose.altitude) and pose.altitude > 0):
@@ -308,7 +312,8 @@ class MapRegistration:
         for k in dict.fromkeys(k for _, k in hyps):  # one warp per height, in the given order
             at = replace(pose, altitude=pose.altitude * k)
             for dh in [h for h, kk in hyps if kk == k]:
-                r = self._register_at(frame, intr, at, search_radius_m, strict, dh, rot_tol, sc_tol, penalty)
+                here = at if centre_of is None else at.moved_to(*centre_of(dh, k))
+                r = self._register_at(frame, intr, here, search_radius_m, strict, dh, rot_tol, sc_tol, penalty)
                 r.scale *= k
                 if r.ok:  # hypotheses come likeliest first, and the threshold already counts them all
                     return r
@@ -414,6 +419,10 @@ class MapRegistration:
         # a conservative doubt for the fixes and odometry steps that rest on the attitude)
         r.attitude_error_deg = math.degrees(math.acos(float(np.clip(axis_solved @ axis_used, -1.0, 1.0))))
         r.attitude_error_axis = axis_solved - axis_used
+        # what the solve leaves uncertain of that axis: a tilt and a shift trade one for the other
+        # (degrees of tilt for metres of spread at this height), so a high, narrow view measures
+        # the attitude coarsely (1000 m up with 5 m/px: 1-3 deg of noise on an exact attitude)
+        r.attitude_error_sigma_deg = math.degrees(math.atan2(math.sqrt(2.0) * spread, height))
         if keep_similarity:
             r.sigma = math.hypot(r.sigma, moved)
             return
