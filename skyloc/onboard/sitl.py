@@ -462,6 +462,12 @@ def _report(cfg: SitlConfig, state: SimState, gcs: GroundStation, daemon, events
         i = np.clip(np.searchsorted(truth[:, 0], t), 1, len(truth) - 1)
         return truth[i, 1], truth[i, 2]
 
+    heights = np.array([(s[0], s[3] - cfg.home[2]) for s in state.history])
+    # when each failsafe text came and how high the vehicle was (on the ground the camera sees too little)
+    rep["failsafe_events"] = [{"text": s, "after_gps_off_s": round(t - t_gps_off, 1),
+                               "height_m": round(float(np.interp(t, heights[:, 0], heights[:, 1])), 1)}
+                              for t, s in statustexts if s in rep["failsafes"]]
+
     ekf = [(t, la, lo) for t, la, lo, _ in gcs.records["ekf"] if t_gps_off <= t <= land_t]
     ekf_err = np.array([_dist((la, lo), truth_at(t)) for t, la, lo in ekf])
     rep["ekf_error_m"] = _stats(ekf_err)
