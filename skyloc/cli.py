@@ -575,6 +575,8 @@ def sitl(
     sitl_defaults: Optional[list[Path]] = typer.Option(None, help="SITL parameter files (default: copter.parm of the "
                                                        "binary's ArduPilot tree)"),
     send_heading: bool = typer.Option(False, help="ODOMETRY carries skyloc's heading; EK3_SRC2_YAW=6"),
+    gimbal: bool = typer.Option(False, help="The camera on a stabilising gimbal (camera.gimbal), not fixed to the "
+                                "airframe"),
     out: Path = typer.Option(Path("sitl_out"), "--out", "-o"),
 ) -> None:
     """A closed loop with ArduPilot SITL: take-off on GPS, switch to skyloc, GPS off, a box, a camera cut, land."""
@@ -599,6 +601,8 @@ def sitl(
         cfg = DaemonConfig(model=str(model), cache=str(cache), source="sim://camera", max_fps=10,
                            mavlink=MavlinkConfig(outputs=[output]))
         cfg.localizer.dem = str(dem) if dem else None
+    if gimbal:
+        cfg.camera.gimbal = True
     mf = Path(cfg.cache) / "manifest.json"
     if not mf.is_file():
         raise SkylocError(f"{cfg.cache} has no manifest.json: not a tile cache (skyloc build-cache)")

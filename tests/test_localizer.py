@@ -194,31 +194,6 @@ print('OK', est.status)
     assert r.returncode == 0 and r.stdout.startswith("OK"), r.stderr[-2000:]
 
 
-def test_a_leaning_camera_called_level_keeps_an_accuracy_that_covers_it(scene, heldout_cache, embedder):
-    """After a camera cut in SITL the EKF called a vehicle leaning 10 deg level: each fix was 17 m
-    off with a sigma that said so, but fusing one every 0.3 s averaged that to a 4 m accuracy. The
-    error is shared by every fix (the same attitude), so the track's accuracy keeps it."""
-    import cv2
-
-    from skyloc.runtime.camera import Intrinsics, Pose, ground_to_image
-
-    gm, img, tr = scene
-    x, y = gm.pixel_to_xy(512, 512)
-    intr = Intrinsics(640, 360, 60.0)
-    true = Pose(x, y, 110.0, 30.0, pitch=-7.0, roll=7.0)  # ~10 deg off nadir
-    p2g = np.array([[tr[0], 0, tr[2]], [0, tr[4], tr[5]], [0, 0, 1]], dtype=np.float64)
-    frame = cv2.warpPerspective(img, ground_to_image(intr, true) @ p2g, (640, 360), flags=cv2.INTER_LINEAR)
-    lat, lon = gm.geodesy.to_latlon(x, y)
-    loc = Localizer(embedder, TileCache.load(heldout_cache, embedder.meta), LocalizerConfig(), start=(lat, lon, 30.0))
-    ests = [loc.locate(frame, 0.1 * i, 30.0, 110.0, roll_deg=0.0, vehicle_pitch_deg=0.0) for i in range(60)]
-    assert sum(e.registered for e in ests) >= 20
-    placed = [e for e in ests[10:] if e.status in (OK, LOW)]
-    errors = [math.hypot(e.x - x, e.y - y) for e in placed]
-    assert placed and max(errors) > 8.0  # the level-called camera's fixes are off ...
-    assert all(err <= 3.0 * e.horizontal_accuracy for err, e in zip(errors, placed))  # ... and say so,
-    assert placed[-1].horizontal_accuracy >= errors[-1]  # ... however many of them are fused
-
-
 def test_face_value_searches_turn_and_scale_the_track_flown_since_the_fix(scene, heldout_cache, embedder):
     """Until the map has measured the compass and the baro, each heading and height hypothesis
     puts the drone where the odometry track would be if it were right: the track since the last

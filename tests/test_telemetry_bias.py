@@ -224,3 +224,20 @@ def test_rangefinder_column_is_read(tmp_path):
     p.write_text("time,lat,lon,alt,yaw,range\n0,47.0,8.0,100,10,95.5\n1,47.0,8.0,100,10,\n")
     tel = load_telemetry(p)
     assert tel.at(0.0).range == pytest.approx(95.5) and tel.at(1.0).range == pytest.approx(95.5)
+
+
+def test_a_compass_that_comes_after_frames_without_yaw_starts_from_its_prior():
+    """The daemon's first frames can come before the autopilot's ATTITUDE. In the NAIP SITL loop
+    the heading then stayed at the whole circle after the compass came (never narrowed: no fix
+    in a minute at 1000 m); it starts from the compass prior instead, unless the map measured
+    the heading meanwhile."""
+    b = TelemetryBias()
+    b.prior(0.0, None, 150.0, "baro")
+    assert b.heading_sigma == 180.0
+    b.prior(0.1, 30.0, 150.0, "baro")
+    assert b.heading_sigma == pytest.approx(10.0, abs=0.1) and b.heading == pytest.approx(30.0)
+    measured = TelemetryBias()
+    measured.prior(0.0, None, 150.0, "baro")
+    measured.registered(40.0, 1.0, 1.0, 0.01)  # the map measured 40 deg without a compass
+    measured.prior(0.1, 30.0, 150.0, "baro")
+    assert measured.heading == pytest.approx(40.0, abs=0.1) and measured.heading_sigma < 2.0

@@ -17,6 +17,8 @@ class CameraConfig(_Strict):
     hfov_deg: float = Field(60.0, gt=1, lt=179, description="horizontal field of view of the camera")
     mount_yaw_deg: float = Field(0.0, description="camera yaw relative to the airframe's nose")
     pitch_deg: float = Field(0.0, ge=0, lt=60, description="camera tilt forward from nadir (gimbal setting)")
+    gimbal: bool = Field(False, description="a stabilising gimbal holds the camera at pitch_deg whatever the "
+                         "airframe's roll and pitch (they are not applied); false: the camera is fixed to the airframe")
     latency_ms: float = Field(0.0, ge=0, le=2000, description="exposure to arrival: a frame shows the scene this "
                               "long before it arrives, and gets the attitude of that moment")
 

@@ -150,6 +150,8 @@ class Daemon:
                 yaw = roll = pitch = alt = rng = None
                 if tel is not None:
                     yaw, roll, pitch, alt = tel.at(shot)
+                    if self.cfg.camera.gimbal:  # the gimbal takes out the airframe's roll and pitch
+                        roll = pitch = 0.0
                     if tel.range_m is not None and now - tel.range_time < self.telemetry_timeout_s:
                         rng = tel.range_m
                     if yaw is not None:

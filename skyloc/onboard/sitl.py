@@ -114,13 +114,13 @@ class SimState:
 
 
 class SimCamera(Source):
-    """A nadir camera fixed to the airframe, rendered from SIM_STATE over `camera_map` at `fps`;
-    `cut` (a threading.Event) stops the frames (a camera cut)."""
+    """A nadir camera fixed to the airframe (or on a stabilising gimbal: `gimbal`), rendered from
+    SIM_STATE over `camera_map` at `fps`; `cut` (a threading.Event) stops the frames (a camera cut)."""
 
     live = True
 
     def __init__(self, state: SimState, camera_map, home_alt: float, fps: float = 10.0, width: int = 640,
-                 height: int = 360, hfov: float = 60.0, cut: threading.Event | None = None):
+                 height: int = 360, hfov: float = 60.0, cut: threading.Event | None = None, gimbal: bool = False):
         from skyloc.runtime.geo import GeoMap
 
         self.state, self.home_alt, self.fps = state, home_alt, fps
@@ -128,7 +128,7 @@ class SimCamera(Source):
         self.image = self.gmap.read_all()
         t = self.gmap.transform
         self.pix_to_ground = np.array([[t.a, 0, t.c], [0, t.e, t.f], [0, 0, 1]], dtype=np.float64)
-        self.size, self.hfov = (width, height), hfov
+        self.size, self.hfov, self.gimbal = (width, height), hfov, gimbal
         self.cut = cut or threading.Event()
         left, bottom, right, top = self.gmap.bounds
         self.grid_rotation = self.gmap.geodesy.grid_rotation(
@@ -154,6 +154,8 @@ class SimCamera(Source):
             shot, lat, lon, alt, roll, pitch, yaw = s
             x, y = self.gmap.geodesy.from_latlon(lat, lon)
             intr = Intrinsics(*self.size, self.hfov)
+            if self.gimbal:  # a stabilised camera looks straight down whatever the airframe does
+                roll = pitch = 0.0
             pose = Pose(x, y, max(1.0, alt - self.home_alt), (yaw + self.grid_rotation) % 360, tilt=0.0, pitch=pitch,
                         roll=roll)
             if pose.altitude < 5.0 or not looks_at_ground(intr, pose):
@@ -347,7 +349,8 @@ def run_sitl(cfg: SitlConfig, daemon_config, camera_map, progress=print) -> dict
         daemon_config.log.dir = str(out)
         daemon_config.camera.latency_ms = 0.0  # the sim camera stamps each frame with its capture time
         opener = lambda uri: SimCamera(state, camera_map, alt0, fps=min(10.0, daemon_config.max_fps),  # noqa: E731
-                                       hfov=daemon_config.camera.hfov_deg, cut=cut)
+                                       hfov=daemon_config.camera.hfov_deg, cut=cut,
+                                       gimbal=daemon_config.camera.gimbal)
         daemon = Daemon(daemon_config, opener=opener)
         dthread = threading.Thread(target=daemon.run, name="daemon", daemon=True)
         dthread.start()

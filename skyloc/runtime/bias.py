@@ -90,7 +90,9 @@ class TelemetryBias:
         # heading: re-reference on a change of source so the estimate stays continuous
         kind = "compass" if yaw_deg is not None and math.isfinite(yaw_deg) else "none"
         ref = float(yaw_deg) % 360.0 if kind == "compass" else 0.0
-        if self.vb is None:
+        if self.vb is None or (kind == "compass" and self.yaw_ref == "none" and not self.measured_heading):
+            # the first yaw (a daemon's first frames can come before the autopilot's ATTITUDE):
+            # the compass prior, not the whole circle of the frames that had none
             self.b, self.vb = 0.0, (cfg.compass_sigma_deg ** 2 if kind == "compass" else 180.0 ** 2)
         elif kind != self.yaw_ref and heading is not None:
             self.b = wrap180(heading - ref)

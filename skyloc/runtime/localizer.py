@@ -138,7 +138,6 @@ class Localizer:
         self._attitude_ms = 0.0  # mean square of the telemetry's attitude error, measured on the map (deg^2)
         self._attitude_drift_ms = 0.0  # ... and of how fast it changes ((deg/s)^2)
         self._last_attitude_error: tuple[float, np.ndarray, float] | None = None  # (t, axis error, its sigma)
-        self._fix_systematic_m = 0.0  # what the last fused fix shares with the ones before it (attitude)
         self.next_relocalization = -math.inf
         self.rejections = 0
         self.start = start
@@ -196,7 +195,6 @@ class Localizer:
 
     def _start_track(self, t: float, xy, sigma: float, why: str, velocity=(0.0, 0.0)) -> None:
         self.filter.init(t, xy, sigma, velocity)
-        self._fix_systematic_m = 0.0  # a new track rests on no fix yet
         self.evidence = TrackEvidence(started=True)
         self.track_id += 1
         self.rejections = 0
@@ -412,22 +410,16 @@ class Localizer:
     def _fix_sigma(self, reg: Registration, altitude: float, pose: Pose | None = None) -> float:
         """1-sigma per axis of a registration fix: matching, map georeferencing, attitude, and the
         heading's doubt where the camera looks away from nadir (a tilted view's offset turns with it)."""
-        return math.hypot(math.sqrt(reg.sigma**2 + self.map_sigma**2), self._fix_systematic(reg, altitude, pose))
-
-    def _fix_systematic(self, reg: Registration, altitude: float, pose: Pose | None = None) -> float:
-        """The part of a fix's error that the next fixes share, so fusing many does not average it
-        away: the telemetry's attitude error (as the map measured it) for a fix that rests on it."""
         alt = altitude if math.isfinite(altitude) else 0.0
         if reg.pose_solved:  # the camera's pose came from the map: the telemetry's attitude is not in it
-            return 0.0
+            return math.sqrt(reg.sigma**2 + self.map_sigma**2)
         tilt = 0.0 if pose is None else min(60.0, pose.off_nadir_deg)
         # an angle error e moves the ground point seen at a slant t by h (tan(t + e) - tan t) ~ h e / cos^2 t
         att = alt * math.tan(math.radians(self.attitude_sigma_deg)) / math.cos(math.radians(tilt)) ** 2
-        att = max(att, reg.tilt_correction_m)  # a level-called camera the solved pose sees leaning
         turn = 0.0
         if pose is not None:
             turn = alt * math.tan(math.radians(tilt)) * math.radians(min(90.0, self._heading_doubt()))
-        return math.hypot(att, turn)
+        return math.sqrt(reg.sigma**2 + self.map_sigma**2 + att**2 + turn**2)
 
     def _fuse(self, t: float, reg: Registration, pose: Pose, est: Estimate, notes: list[str]) -> None:
         """Filter: a verified registration that agrees with the track is fused; one that does not
@@ -442,7 +434,6 @@ class Localizer:
         sigma = self._fix_sigma(reg, pose.altitude * reg.scale, pose)
         if self.filter.update((reg.x, reg.y), sigma):
             self.rejections = 0
-            self._fix_systematic_m = self._fix_systematic(reg, pose.altitude * reg.scale, pose)
             self._learn(reg, pose)
             self.evidence.registered(t)
             est.registered, est.source = True, "registration"
@@ -452,7 +443,6 @@ class Localizer:
                      f"track rejected ({self.rejections} in a row)")
         if self.rejections >= self.cfg.gate_resets:
             self._start_track(t, (reg.x, reg.y), sigma, "registrations that disagree with the old track")
-            self._fix_systematic_m = self._fix_systematic(reg, pose.altitude * reg.scale, pose)
             self._learn(reg, pose)
             self.evidence.registered(t)
             est.registered, est.source = True, "registration"
@@ -542,7 +532,6 @@ class Localizer:
         reg = r.registration
         self._start_track(t, (reg.x, reg.y), self._fix_sigma(reg, r.pose.altitude * reg.scale, r.pose),
                           "relocalization")
-        self._fix_systematic_m = self._fix_systematic(reg, r.pose.altitude * reg.scale, r.pose)
         self._learn(reg, r.pose)
         self.odometry.reset()
         self.odometry.step(frame, t, replace(pose, yaw=self.bias.heading, altitude=self.bias.height), intr)
@@ -562,9 +551,7 @@ class Localizer:
             est.status, est.message = NO_FIX, "; ".join(notes) or "no track: relocalizing"
             return
         alt = pose.altitude if math.isfinite(pose.altitude) else (self.last_height[1] if self.last_height else 0.0)
-        # what cannot average away: the map's georeferencing, and the attitude the fixes rest on
-        floor = self.map_sigma**2 + max(alt * math.tan(math.radians(self.cfg.attitude_sigma_deg)),
-                                        self._fix_systematic_m) ** 2
+        floor = self.map_sigma**2 + (alt * math.tan(math.radians(self.cfg.attitude_sigma_deg))) ** 2
         cov = self.filter.position_cov
         accuracy = math.sqrt(float(np.trace(cov)) + 2.0 * floor)
         if accuracy > self.cfg.status.lost_accuracy_m:
