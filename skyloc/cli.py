@@ -412,16 +412,12 @@ def _bias_config(compass_sigma: float):
 def _open_localizer(model: Path, cache: Path, backend: str, map_path: Optional[Path], hfov: float, pitch: float = 0.0,
                     start: Optional[str] = None, nodata: Optional[float] = None, bands: Optional[str] = None,
                     **config):
-    from skyloc.runtime.cache import TileCache
-    from skyloc.runtime.embedder import create_embedder
     from skyloc.runtime.geo import parse_bands
     from skyloc.runtime.localizer import Localizer, LocalizerConfig, parse_start
 
-    prior = parse_start(start)
-    emb = create_embedder(model, backend)
-    tc = TileCache.load(cache, emb.meta)
     cfg = LocalizerConfig(hfov_deg=hfov, camera_pitch_deg=pitch, **config)
-    return Localizer(emb, tc, cfg, map_path=map_path, map_nodata=nodata, map_bands=parse_bands(bands), start=prior)
+    return Localizer.open(model, cache, map_path, cfg, backend=backend, map_nodata=nodata,
+                          map_bands=parse_bands(bands), start=parse_start(start))
 
 
 @app.command()
@@ -467,8 +463,11 @@ def localize(
 @app.command()
 def replay(
     video: str = typer.Argument(..., help="Video file or a folder of photos/frames (URI)"),
-    model: Path = ModelOpt,
-    cache: Path = CacheOpt,
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Exported model: .onnx or TensorRT .engine "
+                                         "(default: the --config's)"),
+    cache: Optional[Path] = typer.Option(None, "--cache", "-c", help="Tile cache directory (default: the --config's)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="The daemon YAML you fly with: its camera (FOV, "
+                                          "tilt, mount yaw, gimbal, latency), localizer settings, model and cache"),
     telemetry: Optional[Path] = typer.Option(None, help="CSV (time,lat,lon,alt,yaw), DJI .srt, .gpx, or an autopilot "
                                              "log: .tlog, .bin (ArduPilot), .ulg (PX4). A photo folder without one "
                                              "uses each photo's EXIF/XMP pose"),
@@ -478,44 +477,40 @@ def replay(
                                       "(camera clock or trigger delay)"),
     video_start: Optional[str] = typer.Option(None, help="UTC start of the video (ISO 8601) when its file has no "
                                               "creation time; needed to line a video up with a log"),
+    realtime: bool = typer.Option(False, "--realtime", help="Play the recording at its own pace through the "
+                                  "daemon's newest-frame queue: frames the CPU cannot keep up with are dropped as "
+                                  "in flight (always on with --mavlink)"),
     mavlink: Optional[str] = typer.Option(None, help="Also stream estimates to this peer (e.g. udpout:127.0.0.1:14550)"),
     outputs: str = typer.Option("gps_input", help="MAVLink outputs, comma-separated"),
     map_path: Optional[Path] = typer.Option(None, "--map", help="The cache's GeoTIFF (default: the manifest's)"),
     nodata: Optional[float] = NodataOpt,
-    hfov: Optional[float] = typer.Option(None, help="Camera horizontal FOV (deg); default: the photos' EXIF, else 60"),
-    pitch: float = typer.Option(0.0, help="Camera tilt forward from nadir (deg), unless the telemetry has it"),
-    registration_interval: float = typer.Option(0.5, help="Seconds between map registrations while tracking"),
+    hfov: Optional[float] = typer.Option(None, help="Camera horizontal FOV (deg); default: the --config's, else the "
+                                         "photos' EXIF, else 60"),
+    pitch: Optional[float] = typer.Option(None, help="Camera tilt forward from nadir (deg), unless the telemetry has "
+                                          "it; default: the --config's, else 0"),
+    registration_interval: Optional[float] = typer.Option(None, help="Seconds between map registrations while "
+                                                          "tracking (default 0.5)"),
     max_frames: Optional[int] = typer.Option(None, help="Stop after this many frames"),
     dem: Optional[Path] = DemOpt,
     home_elevation: Optional[float] = HomeElevationOpt,
-    compass_sigma: float = CompassSigmaOpt,
+    compass_sigma: Optional[float] = typer.Option(None, help="How far off the compass may be before the map "
+                                                  "measures it (1-sigma, deg; default 10)"),
     yaw_offset: float = typer.Option(0.0, help="Degrees added to the recorded yaw: replay with a compass that is off"),
     drop_yaw: bool = typer.Option(False, help="Replay as if the telemetry had no yaw (heading from the map)"),
-    backend: str = BackendOpt,
+    backend: Optional[str] = typer.Option(None, "--backend", help="auto | onnxruntime | tensorrt (default: the "
+                                          "--config's, else auto)"),
 ) -> None:
-    """Run a recorded flight through the pipeline: track (CSV/GeoJSON/KML), errors, calibration, plots."""
+    """Run a recorded flight through the daemon's own loop: track (CSV/GeoJSON/KML), errors, calibration, plots."""
     from rich.progress import Progress
 
     from skyloc.onboard.replay import open_flight, replay as run_replay, report_table
     from skyloc.onboard.telemetry import load_telemetry
 
+    cfg = _replay_config(config, model, cache, video, map_path, nodata, hfov, pitch, registration_interval, dem,
+                         home_elevation, compass_sigma, start, backend)
     tel = load_telemetry(telemetry) if telemetry else None
     flight = open_flight(video, tel, time_offset, _parse_utc(video_start))  # checks the inputs before the model loads
-    flight.source.close()
-    photos = flight.photos
-    if hfov is None:
-        fovs = [p.hfov for p in photos if p.hfov == p.hfov]
-        hfov = float(median(fovs)) if fovs else 60.0
-    from skyloc.runtime.estimate import StatusConfig
-
-    # photos are frames seconds apart: each is registered on its own, so one strictly verified
-    # registration is the evidence (as for `localize`); videos need a second to confirm the track
-    loc = _open_localizer(model, cache, backend, map_path, hfov, pitch, start, nodata,
-                          registration_interval_s=registration_interval,
-                          dem=str(dem) if dem else None, home_elevation_m=home_elevation,
-                          bias=_bias_config(compass_sigma),
-                          yaw_flip_ok=any(p.yaw_ambiguous for p in photos),
-                          status=StatusConfig(confirmations=1 if Path(video).is_dir() else 2))
+    loc = cfg.open_localizer(**flight.localizer_settings(cfg.camera.hfov_deg if (hfov or config) else None))
     link = None
     if mavlink:
         from skyloc.onboard.mavlink import MavlinkLink
@@ -524,14 +519,47 @@ def replay(
     try:
         with Progress(console=console) as p:
             task = p.add_task("frames", total=None)
-            res = run_replay(video, loc, tel, out, mavlink=link, realtime=link is not None,
-                             progress=lambda r: p.advance(task), max_frames=max_frames, time_offset=time_offset,
-                             video_start=_parse_utc(video_start), yaw_offset_deg=yaw_offset, drop_yaw=drop_yaw)
+            res = run_replay(flight, loc, out_dir=out, mavlink=link, realtime=realtime or link is not None,
+                             progress=lambda r: p.advance(task), max_frames=max_frames, yaw_offset_deg=yaw_offset,
+                             drop_yaw=drop_yaw, camera=cfg.camera, max_fps=cfg.max_fps if config else None)
     finally:
         if link:
             link.close()
     console.print(report_table(res.report))
     console.print("wrote " + ", ".join(res.files.values()))
+
+
+def _replay_config(config, model, cache, video, map_path, nodata, hfov, pitch, registration_interval, dem,
+                   home_elevation, compass_sigma, start, backend):
+    """The daemon config replay runs with: the user's flight config (or its defaults), with the
+    command line's options on top, so a replay runs what would fly."""
+    from skyloc.onboard.config import DaemonConfig
+
+    if config is not None:
+        cfg = DaemonConfig.load(config)
+    else:
+        if model is None or cache is None:
+            raise SkylocError("replay needs --model and --cache, or --config with the daemon YAML you fly with")
+        cfg = DaemonConfig(model=str(model), cache=str(cache), source=video, mavlink=None)
+    for name, value in (("model", model), ("cache", cache), ("map", map_path), ("map_nodata", nodata),
+                        ("backend", backend)):
+        if value is not None:
+            setattr(cfg, name, str(value) if isinstance(value, Path) else value)
+    for name, value in (("hfov_deg", hfov), ("pitch_deg", pitch)):
+        if value is not None:
+            setattr(cfg.camera, name, value)
+    ls = cfg.localizer
+    for name, value in (("registration_interval_s", registration_interval), ("dem", str(dem) if dem else None),
+                        ("home_elevation_m", home_elevation), ("compass_sigma_deg", compass_sigma)):
+        if value is not None:
+            setattr(ls, name, value)
+    if start is not None:
+        from skyloc.runtime.localizer import parse_start
+
+        ls.start = parse_start(start)
+    if not 0 < ls.compass_sigma_deg <= 180:
+        raise SkylocError(f"--compass-sigma {ls.compass_sigma_deg}: give degrees in (0, 180]")
+    return cfg
 
 
 def _parse_utc(text: Optional[str]) -> Optional[float]:

@@ -16,70 +16,60 @@ import threading
 import time
 from pathlib import Path
 
-from skyloc.runtime.cache import TileCache
 from skyloc.onboard.config import DaemonConfig
-from skyloc.runtime.embedder import create_embedder
+from skyloc.onboard.pipeline import AutopilotTelemetry, FrameLoop, Step
 from skyloc.onboard.sources import LatestFrame
-from skyloc.runtime.estimate import NO_FIX, Estimate
-from skyloc.runtime.bias import BiasConfig
-from skyloc.runtime.localizer import Localizer, LocalizerConfig
-from skyloc.runtime.relocalization import RelocalizationConfig
+from skyloc.runtime.estimate import Estimate
 
 log = logging.getLogger("skyloc.daemon")
 
 
-class Daemon:
-    """`opener(uri) -> Source` replaces how the camera is opened (bench set-ups and fault injection)."""
+def open_link(cfg: DaemonConfig):
+    """The MAVLink link the config asks for (None without a `mavlink` section), started."""
+    if cfg.mavlink is None:
+        return None
+    from skyloc.onboard.mavlink import MavlinkLink
 
-    telemetry_timeout_s = 1.0  # older autopilot telemetry counts as missing, not as current
+    m = cfg.mavlink
+    key = None
+    if m.signing_key:
+        key = bytes.fromhex(m.signing_key) if _is_hex32(m.signing_key) else hashlib.sha256(m.signing_key.encode()).digest()
+    link = MavlinkLink(m.url, m.outputs, m.gps_rate_hz, m.system_id, m.component_id, m.origin, key,
+                       baud=m.baud, odometry_rate_hz=m.odometry_rate_hz, request_streams=m.request_streams,
+                       send_heading=m.send_heading, gps_id=m.gps_id)
+    link.mount_yaw_deg = cfg.camera.mount_yaw_deg
+    link.compass_warn_deg = cfg.localizer.compass_warn_deg
+    return link.start()
+
+
+class Daemon:
+    """The camera and the autopilot around `FrameLoop`, with the frame log and the status file.
+    `opener(uri) -> Source` replaces how the camera is opened (bench set-ups and fault injection)."""
 
     def __init__(self, cfg: DaemonConfig, opener=None):
         self.cfg = cfg
         self.opener = opener
         self.stop_event = threading.Event()
-        self.frames = 0
-        self.errors = 0
         self.last: Estimate | None = None
         self.state = "starting"
-        self._camera_lost = False
         log.info("loading model %s (backend %s)", cfg.model, cfg.backend)
-        self.embedder = create_embedder(cfg.model, cfg.backend, engine_cache=cfg.engine_cache, precision=cfg.precision)
-        self.cache = TileCache.load(cfg.cache, self.embedder.meta)
-        ls = cfg.localizer
-        self.localizer = Localizer(
-            self.embedder, self.cache,
-            LocalizerConfig(hfov_deg=cfg.camera.hfov_deg, camera_pitch_deg=cfg.camera.pitch_deg,
-                            registration_interval_s=ls.registration_interval_s,
-                            attitude_sigma_deg=ls.attitude_sigma_deg, altitude_range_m=ls.altitude_range_m,
-                            dem=ls.dem, home_elevation_m=ls.home_elevation_m,
-                            bias=BiasConfig(compass_sigma_deg=ls.compass_sigma_deg),
-                            relocalization=RelocalizationConfig(top_k=ls.top_k)),
-            map_path=cfg.map, use_faiss=ls.faiss, map_nodata=cfg.map_nodata, start=ls.start)
-        self.link = None
-        if cfg.mavlink is not None:
-            from skyloc.onboard.mavlink import MavlinkLink
-
-            m = cfg.mavlink
-            key = None
-            if m.signing_key:
-                key = bytes.fromhex(m.signing_key) if _is_hex32(m.signing_key) else hashlib.sha256(m.signing_key.encode()).digest()
-            self.link = MavlinkLink(m.url, m.outputs, m.gps_rate_hz, m.system_id, m.component_id, m.origin, key,
-                                    baud=m.baud, odometry_rate_hz=m.odometry_rate_hz,
-                                    request_streams=m.request_streams, send_heading=m.send_heading,
-                                    gps_id=m.gps_id)
-            self.link.mount_yaw_deg = cfg.camera.mount_yaw_deg
-            self.link.compass_warn_deg = ls.compass_warn_deg
-            self.link.start()
+        self.localizer = cfg.open_localizer()
+        self.embedder, self.cache = self.localizer.embedder, self.localizer.cache
+        self.link = open_link(cfg)
+        self.loop: FrameLoop | None = None
+        self.camera: LatestFrame | None = None
         self.log_dir = Path(cfg.log.dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._csv_file = None
-        if cfg.log.frames_csv:
-            path = self.log_dir / f"frames-{time.strftime('%Y%m%d-%H%M%S')}.csv"
-            self._csv_file = open(path, "w", newline="")
-            self._csv = csv.writer(self._csv_file)
-            self._csv.writerow(["wall_time", "frame_time", "frame", "status", "lat", "lon", "accuracy_m", "confidence",
-                                "source", "yaw", "alt", "heading", "heading_sigma", "height", "yaw_bias",
-                                "height_scale", "latency_ms", "message"])
+        self.frame_log = FrameLog(self.log_dir / f"frames-{time.strftime('%Y%m%d-%H%M%S')}.csv") \
+            if cfg.log.frames_csv else None
+
+    @property
+    def frames(self) -> int:
+        return self.loop.frame_count if self.loop else 0
+
+    @property
+    def errors(self) -> int:
+        return self.loop.errors if self.loop else 0
 
     def install_signal_handlers(self) -> None:
         def handler(signum, _frame):
@@ -89,8 +79,8 @@ class Daemon:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
-    def write_status(self, camera: LatestFrame | None) -> None:
-        e = self.last
+    def write_status(self) -> None:
+        e, camera = self.last, self.camera
         status = {
             "state": self.state, "time": time.time(), "frames": self.frames, "errors": self.errors,
             "camera_connected": bool(camera and camera.connected), "frames_dropped": camera.dropped if camera else 0,
@@ -112,118 +102,64 @@ class Daemon:
         os.replace(tmp, p)
 
     def run(self) -> int:
-        camera = LatestFrame(self.cfg.source, opener=self.opener) if self.opener else LatestFrame(self.cfg.source)
+        self.camera = LatestFrame(self.cfg.source, opener=self.opener) if self.opener else LatestFrame(self.cfg.source)
+        self.loop = FrameLoop(self.localizer, self.cfg.camera, AutopilotTelemetry(self.link), self.camera,
+                              [self._observe], link=self.link, max_fps=self.cfg.max_fps,
+                              gnss_prior=self.cfg.localizer.gnss_prior,
+                              velocity_sigma=self.cfg.localizer.autopilot_velocity_sigma, stop=self.stop_event)
         self.state = "running"
-        period = 1.0 / self.cfg.max_fps
         log.info("running: source %s, %d tiles, outputs %s", self.cfg.source, len(self.cache),
                  self.cfg.mavlink.outputs if self.cfg.mavlink else "none")
         try:
-            while not self.stop_event.is_set():
-                t_start = time.time()
-                frame = camera.get(timeout=1.0)
-                if frame is None:
-                    if camera.ended:
-                        log.info("source %s ended", self.cfg.source)
-                        self.state = "source ended"
-                        break
-                    if not self._camera_lost:
-                        self._camera_lost = True
-                        log.warning("no camera frame for 1 s: outputs stop carrying a position")
-                        if self.link is not None:
-                            self.link.statustext("skyloc: camera lost", 4)
-                    self._publish(self._outage_prediction(), None, None)
-                    self.write_status(camera)
-                    continue
-                self.frames += 1
-                now = time.time()
-                if self._camera_lost:
-                    self._camera_lost = False
-                    log.info("camera frames again")
-                    if self.link is not None:
-                        self.link.statustext("skyloc: camera back", 6)
-                # the time the frame shows: it may have waited in the queue, and the camera's own
-                # pipeline (exposure, readout, encoding) takes latency_ms before it arrives
-                shot = frame.capture or (frame.arrival or now) - self.cfg.camera.latency_ms / 1000.0
-                tel = self.link.telemetry if self.link else None
-                if tel is not None and now - tel.updated > self.telemetry_timeout_s:
-                    tel = None  # the autopilot stopped streaming: stale attitude is no attitude
-                yaw = roll = pitch = alt = rng = None
-                if tel is not None:
-                    yaw, roll, pitch, alt = tel.at(shot)
-                    if self.cfg.camera.gimbal:  # the gimbal takes out the airframe's roll and pitch
-                        roll = pitch = 0.0
-                    if tel.range_m is not None and now - tel.range_time < self.telemetry_timeout_s:
-                        rng = tel.range_m
-                    if yaw is not None:
-                        yaw = (yaw + self.cfg.camera.mount_yaw_deg) % 360
-                self._gnss_prior(now)
-                if frame.image is None:
-                    est = self.localizer.predict(shot, "corrupt frame")
-                else:
-                    try:
-                        est = self.localizer.locate(frame.image, shot, yaw, alt, roll_deg=roll, vehicle_pitch_deg=pitch,
-                                                    range_m=rng)
-                    except Exception as exc:  # one bad frame must not stop the daemon
-                        self.errors += 1
-                        log.error("frame %d failed: %s", frame.index, exc)
-                        est = self._prediction_after_error(f"error: {exc}")
-                self._publish(est, yaw, alt)
-                self.write_status(camera)
-                self.stop_event.wait(max(0.0, period - (time.time() - t_start)))
+            self.loop.run()
+            if self.loop.ended:
+                log.info("source %s ended", self.cfg.source)
+                self.state = "source ended"
         finally:
             self.state = "stopped" if self.state == "running" else self.state
-            camera.close()
-            self.write_status(camera)
+            self.camera.close()
+            self.write_status()
             if self.link is not None:
                 self.link.close()
-            if self._csv_file:
-                self._csv_file.close()
+            if self.frame_log:
+                self.frame_log.close()
         log.info("stopped after %d frames (%d errors)", self.frames, self.errors)
         return 0
 
-    def _outage_prediction(self) -> Estimate:
-        """No frame: the track carried on the autopilot's own velocity while its estimator has a
-        position (an autopilot that reports none, e.g. a ground peer or an EKF never aided, sends a
-        velocity of 0 that means nothing)."""
-        now = time.time()
-        tel = self.link.telemetry if self.link is not None else None
-        v = tel.velocity if tel is not None and tel.lat is not None \
-            and now - tel.velocity_time < self.telemetry_timeout_s else None
-        return self.localizer.predict(now, "no camera frame", velocity=v,
-                                      velocity_sigma=self.cfg.localizer.autopilot_velocity_sigma)
-
-    def _prediction_after_error(self, why: str) -> Estimate:
-        try:
-            return self.localizer.predict(time.time(), why)
-        except Exception:  # the localizer itself is broken: say so, with no position
-            return Estimate(time.time(), NO_FIX, message=why)
-
-    def _gnss_prior(self, now: float) -> None:
-        """While skyloc has no confirmed track, the autopilot's own GNSS fix starts one. The raw
-        receiver fix (GPS_RAW_INT) is used, never the EKF's output, and only while skyloc's own
-        GPS_INPUT carries no fix, so skyloc's output is never fed back to itself as a prior."""
-        if not self.cfg.localizer.gnss_prior or self.link is None:
-            return
-        fix = self.link.gnss_fix(now)
-        if fix is None:
-            return
-        lat, lon, acc = fix
-        if self.localizer.set_prior(now, lat, lon, radius_m=max(15.0, 3.0 * acc), source="autopilot GNSS"):
-            log.info("track started from the autopilot's GNSS fix (+-%.0f m)", acc)
-
-    def _publish(self, est: Estimate, yaw, alt) -> None:
-        if self.link is not None:
-            self.link.publish(est)
+    def _observe(self, step: Step) -> None:
+        est = step.estimate
         if self.last is None or est.status != self.last.status:
             log.info("status %s%s", est.status, f" ({est.message})" if est.message else "")
         self.last = est
-        if self._csv_file:
-            self._csv.writerow([f"{time.time():.3f}", f"{est.time:.3f}", self.frames, est.status, f"{est.lat:.8f}",
-                                f"{est.lon:.8f}", f"{est.horizontal_accuracy:.1f}", f"{est.confidence:.3f}", est.source,
-                                "" if yaw is None else f"{yaw:.1f}", "" if alt is None else f"{alt:.1f}",
-                                *(f"{v:.3f}" if v is not None else "" for v in _bias_fields(est).values()),
-                                f"{est.latency_ms.get('total', math.nan):.1f}", est.message])
-            self._csv_file.flush()
+        if self.frame_log:
+            self.frame_log.write(step, self.frames)
+        self.write_status()
+
+
+class FrameLog:
+    """The per-frame CSV log: what was estimated, from which telemetry, and what was learned."""
+
+    columns = ["wall_time", "frame_time", "frame", "status", "lat", "lon", "accuracy_m", "confidence",
+               "source", "yaw", "alt", "heading", "heading_sigma", "height", "yaw_bias",
+               "height_scale", "latency_ms", "message"]
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = open(path, "w", newline="")
+        self._csv = csv.writer(self._file)
+        self._csv.writerow(self.columns)
+
+    def write(self, step: Step, frame_count: int) -> None:
+        est, yaw, alt = step.estimate, step.pose.yaw_deg, step.pose.altitude_m
+        self._csv.writerow([f"{time.time():.3f}", f"{est.time:.3f}", frame_count, est.status, f"{est.lat:.8f}",
+                            f"{est.lon:.8f}", f"{est.horizontal_accuracy:.1f}", f"{est.confidence:.3f}", est.source,
+                            "" if yaw is None else f"{yaw:.1f}", "" if alt is None else f"{alt:.1f}",
+                            *(f"{v:.3f}" if v is not None else "" for v in _bias_fields(est).values()),
+                            f"{est.latency_ms.get('total', math.nan):.1f}", est.message])
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _bias_fields(e: Estimate) -> dict:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 from skyloc.errors import SkylocError
 from skyloc.runtime.estimate import NO_FIX, NO_FRAME, OK, Estimate
+from skyloc.onboard.telemetry import TelemetrySample
 from skyloc.runtime.geo import Geodesy
 
 os.environ.setdefault("MAVLINK20", "1")
@@ -129,6 +130,12 @@ class Telemetry:
             else:
                 out.append(u + w * (v - u))
         return tuple(out)
+
+    def sample(self, t: float) -> TelemetrySample:
+        """The telemetry at wall time t as a log's sample would hold it (NaN where unknown)."""
+        nan = math.nan
+        yaw, roll, pitch, alt = (nan if v is None else v for v in self.at(t))
+        return TelemetrySample(t, alt=alt, yaw=yaw, roll=roll, pitch=pitch)
 
 
 @dataclass

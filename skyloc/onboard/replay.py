@@ -8,7 +8,6 @@ import csv
 import json
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,7 +15,9 @@ from typing import Callable
 import numpy as np
 
 from skyloc.errors import SkylocError
-from skyloc.onboard.sources import FolderSource, Source, open_source, video_start_time
+from skyloc.onboard.config import CameraConfig
+from skyloc.onboard.pipeline import FrameLoop, LoggedTelemetry, RecordedFrames, Step
+from skyloc.onboard.sources import FolderSource, LatestFrame, Source, open_source, video_start_time
 from skyloc.onboard.telemetry import TelemetryTrack, utc_text
 from skyloc.runtime.estimate import LOW, NO_FIX, OK, Estimate
 from skyloc.runtime.localizer import Localizer
@@ -124,6 +125,22 @@ class FlightInput:
     to_telemetry_time: Callable[[float], float]  # frame timestamp -> telemetry time
     photos: list = field(default_factory=list)  # PhotoPose per frame for photo folders
 
+    @property
+    def is_folder(self) -> bool:
+        return isinstance(self.source, FolderSource)
+
+    def localizer_settings(self, hfov_deg: float | None = None) -> dict:
+        """The LocalizerConfig fields the recording decides, the same for every caller: photos
+        are frames seconds apart, each registered on its own, so one strictly verified
+        registration is the evidence (as for `localize`), where a video needs a second to confirm
+        the track; their EXIF gives the field of view (unless `hfov_deg`); a nadir gimbal's yaw
+        may be reported turned by 180 deg."""
+        if hfov_deg is None:
+            fovs = [p.hfov for p in self.photos if p.hfov == p.hfov]
+            hfov_deg = float(np.median(fovs)) if fovs else 60.0
+        return {"hfov_deg": hfov_deg, "yaw_flip_ok": any(p.yaw_ambiguous for p in self.photos),
+                "confirmations": 1 if self.is_folder else 2}
+
 
 def open_flight(video: str, telemetry: TelemetryTrack | None = None, time_offset: float = 0.0,
                 video_start: float | None = None) -> FlightInput:
@@ -176,66 +193,61 @@ def check_coverage(flight: FlightInput, first: float, last: float) -> None:
                           "pass --time-offset SECONDS (or --video-start) to line them up")
 
 
-def replay(video: str, localizer: Localizer, telemetry: TelemetryTrack | None = None, out_dir: str | Path | None = None,
-           mavlink=None, realtime: bool = False, progress=None, max_frames: int | None = None,
-           time_offset: float = 0.0, video_start: float | None = None, yaw_offset_deg: float = 0.0,
-           drop_yaw: bool = False) -> ReplayResult:
-    """Run every frame of `video` (a file, or a folder of photos) through the localizer, with
-    the telemetry's yaw, altitude and attitude at each frame's time. yaw_offset_deg / drop_yaw:
-    fly the recording with a compass that is off, or with none (what would my drone's do?)."""
-    flight = open_flight(video, telemetry, time_offset, video_start)
-    source, telemetry = flight.source, flight.telemetry
+def replay(flight: FlightInput | str, localizer: Localizer, telemetry: TelemetryTrack | None = None,
+           out_dir: str | Path | None = None, mavlink=None, realtime: bool = False, progress=None,
+           max_frames: int | None = None, time_offset: float = 0.0, video_start: float | None = None,
+           yaw_offset_deg: float = 0.0, drop_yaw: bool = False, camera: CameraConfig | None = None,
+           max_fps: float | None = None) -> ReplayResult:
+    """The daemon's loop (`FrameLoop`) fed by a recording and its log instead of a camera and an
+    autopilot: every frame as fast as the CPU allows, or with `realtime` the recording at its
+    own pace through the daemon's newest-frame queue (frames the CPU cannot keep up with are
+    dropped as in flight, `max_fps` as in the daemon's config). `flight`: an opened flight or a
+    video / photo folder path (opened with `telemetry`, `time_offset`, `video_start`). `camera`:
+    the daemon config's camera section (mount yaw, gimbal, latency). yaw_offset_deg / drop_yaw:
+    fly the recording with a compass that is off, or with none."""
+    if not isinstance(flight, FlightInput):
+        flight = open_flight(str(flight), telemetry, time_offset, video_start)
+    camera = camera or CameraConfig()
     res = ReplayResult()
-    start_wall = time.time()
     geod = localizer.cache.geodesy
-    checked = False
+    source = flight.source
+    last_time = source.last_time()
+
+    def collect(step: Step) -> None:
+        if step.frame is None:  # a camera outage's prediction: not a frame of the recording
+            return
+        if not res.rows:
+            check_coverage(flight, step.frame.timestamp, last_time or step.frame.timestamp)
+        est, s = step.estimate, step.sample
+        row = ReplayRow(step.frame.index, est,
+                        yaw=step.pose.yaw_deg if step.pose.yaw_deg is not None else math.nan,
+                        alt=step.pose.altitude_m if step.pose.altitude_m is not None else math.nan)
+        if s is not None and math.isfinite(s.lat):
+            row.truth_lat, row.truth_lon = s.lat, s.lon
+            if est.has_position:
+                tx, ty = geod.from_latlon(s.lat, s.lon)
+                row.error_m = float(math.hypot(est.x - tx, est.y - ty))
+        res.rows.append(row)
+        if progress:
+            progress(row)
+
+    if realtime:
+        frames = LatestFrame(str(source), opener=lambda _uri: source)
+        if max_frames is not None:
+            log.warning("max_frames is ignored with realtime")
+    else:
+        frames = RecordedFrames(source, max_frames)
+    logged = LoggedTelemetry(flight.telemetry, flight.to_telemetry_time, yaw_offset_deg, drop_yaw)
+    loop = FrameLoop(localizer, camera, logged, frames, [collect], link=mavlink, max_fps=max_fps if realtime else None,
+                     gnss_prior=False)
     try:
-        for frame in source:
-            if max_frames is not None and frame.index >= max_frames:
-                break
-            if not checked:
-                check_coverage(flight, frame.timestamp, source.last_time() or frame.timestamp)
-                checked = True
-            tt = flight.to_telemetry_time(frame.timestamp)
-            tel = telemetry.at(tt) if telemetry is not None and telemetry.covers(tt) else None
-            yaw = _finite(tel.yaw) if tel is not None and not drop_yaw else None
-            if yaw is not None:
-                yaw = (yaw + yaw_offset_deg) % 360.0
-            alt = _finite(tel.alt) if tel is not None else None
-            if realtime:  # recorded pace, so a SITL peer sees what it would in flight
-                time.sleep(max(0.0, start_wall + frame.timestamp - time.time()))
-            if frame.image is None:
-                est = Estimate(frame.timestamp, NO_FIX, message="corrupt frame")
-            else:
-                est = localizer.locate(frame.image, frame.timestamp, yaw, alt,
-                                       pitch_deg=_finite(tel.tilt) if tel is not None else None,
-                                       roll_deg=_finite(tel.roll) if tel is not None else None,
-                                       vehicle_pitch_deg=_finite(tel.pitch) if tel is not None else None,
-                                       range_m=_finite(tel.range) if tel is not None else None)
-            row = ReplayRow(frame.index, est, yaw=yaw if yaw is not None else math.nan,
-                            alt=alt if alt is not None else math.nan)
-            if tel is not None and math.isfinite(tel.lat):
-                row.truth_lat, row.truth_lon = tel.lat, tel.lon
-                if est.has_position:
-                    tx, ty = geod.from_latlon(tel.lat, tel.lon)
-                    row.error_m = float(math.hypot(est.x - tx, est.y - ty))
-            res.rows.append(row)
-            if mavlink is not None:
-                if realtime:
-                    est.time = time.time()
-                mavlink.publish(est)
-            if progress:
-                progress(row)
+        loop.run()
     finally:
-        source.close()
+        frames.close()
     res.report = error_report(res.rows, float(np.median(localizer.cache.footprints_m)))
     if out_dir is not None:
         res.files = write_outputs(res, Path(out_dir), localizer)
     return res
-
-
-def _finite(v: float) -> float | None:
-    return float(v) if v is not None and math.isfinite(v) else None
 
 
 def write_outputs(res: ReplayResult, out: Path, localizer: Localizer) -> dict:

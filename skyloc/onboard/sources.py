@@ -34,7 +34,7 @@ class Frame:
     index: int
     timestamp: float  # seconds: media time for files, wall clock for live sources
     arrival: float = 0.0  # wall clock when the capture thread got it
-    capture: float = 0.0  # wall clock of the exposure, where the source knows it (0: unknown)
+    capture: float | None = None  # when the exposure was, where the source knows it (None: unknown)
 
 
 class Source:
@@ -256,7 +256,7 @@ class LatestFrame:
 
     def _run(self) -> None:
         backoff = self.reconnect_s
-        start = time.time()
+        start, first = time.time(), None
         while not self._stop.is_set():
             try:
                 f = self.source.read()
@@ -282,9 +282,12 @@ class LatestFrame:
                 except SkylocError:
                     backoff = min(backoff * 2, 10.0)
                 continue
-            if not self.source.live:  # a file plays at its recorded pace, like a camera would
-                if self._stop.wait(max(0.0, start + f.timestamp - time.time())):
+            if not self.source.live:  # a recording plays at its own pace, like a camera would
+                first = f.timestamp if first is None else first
+                shot = start + f.timestamp - first  # ... and knows when each frame was shot
+                if self._stop.wait(max(0.0, shot - time.time())):
                     return
+                f.capture = shot
             f.arrival = time.time()
             with self._lock:
                 if self._frame is not None:

@@ -31,7 +31,7 @@ from skyloc.errors import SkylocError
 from skyloc.runtime.bias import BiasConfig, TelemetryBias
 from skyloc.runtime.cache import TileCache
 from skyloc.runtime.camera import Intrinsics, Pose
-from skyloc.runtime.embedder import Embedder
+from skyloc.runtime.embedder import Embedder, create_embedder
 from skyloc.runtime.estimate import LOW, NO_FIX, NO_FRAME, OK, Estimate, StatusConfig, TrackEvidence, decide_status
 from skyloc.runtime.filter import FilterConfig, TrackFilter
 from skyloc.runtime.odometry import OdometryConfig, OdometryStep, VisualOdometry
@@ -95,6 +95,16 @@ def parse_start(text: str | None) -> tuple[float, float, float] | None:
 
 
 class Localizer:
+    @classmethod
+    def open(cls, model: str | Path, cache: str | Path, map_path: str | Path | None = None,
+             config: LocalizerConfig | None = None, backend: str = "auto", engine_cache: str | Path | None = None,
+             precision: str = "fp16", **options) -> "Localizer":
+        """The one way to set a localizer up from files: the model (.onnx or .engine), a tile
+        cache made with that model (refused otherwise), the cache's map (default: the manifest's);
+        `options` as for the constructor (start, map_nodata, map_bands, use_faiss)."""
+        embedder = create_embedder(model, backend, engine_cache=engine_cache, precision=precision)
+        return cls(embedder, TileCache.load(cache, embedder.meta), config, map_path=map_path, **options)
+
     def __init__(self, embedder: Embedder | None, cache: TileCache, config: LocalizerConfig | None = None,
                  map_path: str | Path | None = None, use_faiss: bool = False, map_nodata: float | None = None,
                  map_bands: tuple[int, ...] | None = None, start: tuple[float, float, float] | None = None):
