@@ -204,7 +204,7 @@ def flight(out: Path, recipe: Path) -> None:
         cache = TileCache.load(build_cache(grey, emb, out / f"campus_{label}.cache", [220.0], 0.75, nodata=255.0),
                                emb.meta)
         for seed in (3, 8):
-            rep = replay(str(out / f"flight{seed}.mp4"), Localizer(emb, cache, LocalizerConfig(hfov_deg=60)),
+            rep = replay(str(out / f"flight{seed}.mp4"), Localizer.open(emb, cache, config=LocalizerConfig(hfov_deg=60)),
                          load_telemetry(out / f"flight{seed}.csv")).report
             results[(label, seed)] = rep
     print(f"  {'flight':<10}{'first ok, before':>18}{'first ok, after':>17}{'ok share before':>17}{'after':>8}")

@@ -71,7 +71,7 @@ def main() -> None:
         print(f"\nper-frame latency by stage, {name}, ONNX Runtime CPU, 640x480 frames at 10 fps, {len(cache)} tiles "
               f"(cache built in {build_s:.1f} s = {len(cache) / build_s:.0f} tiles/s)")
         for label, start in (("tracking (--start)", (first.lat, first.lon, 50.0)), ("relocalizing first", None)):
-            loc = Localizer(emb, cache, LocalizerConfig(), start=start)
+            loc = Localizer.open(emb, cache, config=LocalizerConfig(), start=start)
             res = replay(str(tmp / "f.mp4"), loc, tel)
             by = {"odometry only": [], "with registration": [], "with relocalization": []}
             for r in res.rows:

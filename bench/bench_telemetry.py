@@ -75,7 +75,7 @@ def run_case(name: str, spec: dict, world: dict, out: Path) -> dict:
     tel = perturb(world["csv"], out / f"{world['name']}_{name.replace(' ', '_')}.csv", spec.get("yaw", "keep"),
                   spec.get("alt", "keep"), spec.get("late", 0.0))
     cfg = LocalizerConfig(hfov_deg=60, dem=world.get("dem"), home_elevation_m=world.get("home"))
-    loc = Localizer(world["emb"], world["cache"], cfg, start=world.get("start"))
+    loc = Localizer.open(world["emb"], world["cache"], config=cfg, start=world.get("start"))
     t0 = time.time()
     res = replay(str(world["video"]), loc, load_telemetry(tel), None)
     rep = res.report

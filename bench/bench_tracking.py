@@ -109,7 +109,7 @@ def hard_flight(out: Path, epochs: int) -> None:
     lat, lon = first_position(out / "flight.csv")
     runs = {}
     for name, start, folder in (("--start", (lat, lon, 50.0), "replay_start"), ("no --start", None, "replay_nostart")):
-        loc = Localizer(emb, cache, LocalizerConfig(hfov_deg=60), start=start)
+        loc = Localizer.open(emb, cache, config=LocalizerConfig(hfov_deg=60), start=start)
         res = replay(str(out / "flight.mp4"), loc, load_telemetry(out / "flight.csv"), out / folder)
         runs[name] = (res.report, frame_times(res))
     goals = {"ok share": ">= 90% (with --start)", "ok error median (m)": "<= 5", "ok error max (m)": "<= 25",
@@ -131,7 +131,7 @@ def naip(out: Path, onnx: Path) -> None:
     emb = OnnxEmbedder(onnx)
     cache = TileCache.load(build_cache(NAIP / "naip_20150926.tif", emb, out / "naip2015.cache", [1150.0], 0.75), emb.meta)
     lat, lon = first_position(out / "naip2020.csv")
-    loc = Localizer(emb, cache, LocalizerConfig(hfov_deg=60), start=(lat, lon, 100.0))
+    loc = Localizer.open(emb, cache, config=LocalizerConfig(hfov_deg=60), start=(lat, lon, 100.0))
     res = replay(str(out / "naip2020.mp4"), loc, load_telemetry(out / "naip2020.csv"), out / "replay_naip")
     print_runs("  replay 2020 frames on the 2015 map (--start 100 m)", {"NAIP 2015<-2020": (res.report, frame_times(res))},
                {"ok fixes > 25 m off": "0"})

@@ -5,8 +5,6 @@
 import argparse
 from pathlib import Path
 
-from skyloc.runtime.cache import TileCache
-from skyloc.runtime.embedder import create_embedder
 from skyloc.onboard.sources import open_source
 from skyloc.runtime.estimate import OK
 from skyloc.runtime.localizer import Localizer
@@ -21,8 +19,7 @@ def main(argv=None):
     ap.add_argument("--alt", type=float, default=None, help="stand-in for your altitude above ground")
     ap.add_argument("--max-frames", type=int, default=None)
     args = ap.parse_args(argv)
-    embedder = create_embedder(args.model)
-    localizer = Localizer(embedder, TileCache.load(args.cache, embedder.meta))
+    localizer = Localizer.open(args.model, args.cache)
     source = open_source(args.source)
     fixes = 0
     for frame in source:

@@ -5,8 +5,6 @@
 import argparse
 from pathlib import Path
 
-from skyloc.runtime.cache import TileCache
-from skyloc.runtime.embedder import create_embedder
 from skyloc.runtime.estimate import StatusConfig
 from skyloc.runtime.localizer import Localizer, LocalizerConfig, parse_start
 from skyloc.runtime.preprocess import load_image
@@ -21,10 +19,9 @@ def main(argv=None):
     ap.add_argument("--alt", type=float, default=None, help="metres above ground")
     ap.add_argument("--start", default=None, help="prior position LAT,LON[,RADIUS_M]")
     args = ap.parse_args(argv)
-    embedder = create_embedder(args.model)
     # a single frame has no second registration to confirm it: a strictly verified one is the evidence
     cfg = LocalizerConfig(status=StatusConfig(confirmations=1))
-    loc = Localizer(embedder, TileCache.load(args.cache, embedder.meta), cfg, start=parse_start(args.start))
+    loc = Localizer.open(args.model, args.cache, config=cfg, start=parse_start(args.start))
     est = loc.locate(load_image(args.image), 0.0, yaw_deg=args.yaw, altitude_m=args.alt)
     print(f"{est.status}: lat {est.lat:.6f} lon {est.lon:.6f} +-{est.horizontal_accuracy:.1f} m "
           f"({est.message or 'verified registration'}, {est.latency_ms['total']:.0f} ms)")

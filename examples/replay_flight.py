@@ -5,9 +5,7 @@
 import argparse
 from pathlib import Path
 
-from skyloc.runtime.cache import TileCache
-from skyloc.runtime.embedder import create_embedder
-from skyloc.onboard.replay import replay
+from skyloc.onboard.replay import open_flight, replay
 from skyloc.onboard.telemetry import load_telemetry
 from skyloc.runtime.localizer import Localizer
 
@@ -20,9 +18,10 @@ def main(argv=None):
     ap.add_argument("cache", type=Path)
     ap.add_argument("out", type=Path)
     args = ap.parse_args(argv)
-    embedder = create_embedder(args.model)
-    loc = Localizer(embedder, TileCache.load(args.cache, embedder.meta))
-    res = replay(args.video, loc, load_telemetry(args.telemetry), args.out)
+    flight = open_flight(args.video, load_telemetry(args.telemetry))
+    # what the recording decides (photo folders, their EXIF FOV) is decided as `skyloc replay` does
+    loc = Localizer.open(args.model, args.cache, config=flight.localizer_config())
+    res = replay(flight, loc, out_dir=args.out)
     rep = res.report
     err = rep.get("error_ok", {})
     cal = rep.get("ok_within_3x_accuracy")

@@ -510,7 +510,7 @@ def replay(
                          home_elevation, compass_sigma, start, backend)
     tel = load_telemetry(telemetry) if telemetry else None
     flight = open_flight(video, tel, time_offset, _parse_utc(video_start))  # checks the inputs before the model loads
-    loc = cfg.open_localizer(**flight.localizer_settings(cfg.camera.hfov_deg if (hfov or config) else None))
+    loc = cfg.open_localizer(flight.localizer_config(cfg.localizer_config(), cfg.camera.hfov_deg if hfov or config else None))
     link = None
     if mavlink:
         from skyloc.onboard.mavlink import MavlinkLink

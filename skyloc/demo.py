@@ -114,7 +114,7 @@ def run_demo(out: Path, epochs: int = 10, classes: int = 160, flight_s: float = 
 
     peer = AutopilotPeer(port, vehicle).start()
     link = MavlinkLink(f"udpout:127.0.0.1:{port}", outputs=("gps_input", "odometry"), gps_rate_hz=10.0).start()
-    localizer = Localizer(embedder, cache, LocalizerConfig(camera_pitch_deg=fcfg.pitch, hfov_deg=fcfg.hfov))
+    localizer = Localizer.open(embedder, cache, config=LocalizerConfig(camera_pitch_deg=fcfg.pitch, hfov_deg=fcfg.hfov))
     with Progress(console=console, transient=True) as p:
         task = p.add_task("replaying", total=flight["frames"])
         t0[0] = time.time()

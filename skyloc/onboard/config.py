@@ -88,32 +88,27 @@ class DaemonConfig(_Strict):
     log: LogConfig = LogConfig()
     status_file: str = Field("skyloc-status.json", description="health/status JSON, rewritten every frame")
 
-    def localizer_config(self, **overrides):
-        """The localizer's settings this file gives (`overrides`: LocalizerConfig fields a replay
-        policy sets, e.g. confirmations for photo folders)."""
+    def localizer_config(self):
+        """The localizer's settings this file gives."""
         from skyloc.runtime.bias import BiasConfig
-        from skyloc.runtime.estimate import StatusConfig
         from skyloc.runtime.localizer import LocalizerConfig
         from skyloc.runtime.relocalization import RelocalizationConfig
 
         ls = self.localizer
-        confirmations = overrides.pop("confirmations", None)
         fields = dict(hfov_deg=self.camera.hfov_deg, camera_pitch_deg=self.camera.pitch_deg,
                       registration_interval_s=ls.registration_interval_s,
                       attitude_sigma_deg=ls.attitude_sigma_deg, altitude_range_m=ls.altitude_range_m,
                       dem=ls.dem, home_elevation_m=ls.home_elevation_m,
                       bias=BiasConfig(compass_sigma_deg=ls.compass_sigma_deg),
                       relocalization=RelocalizationConfig(top_k=ls.top_k))
-        cfg = LocalizerConfig(**{**fields, **overrides})
-        if confirmations is not None:
-            cfg.status = StatusConfig(confirmations=confirmations)
-        return cfg
+        return LocalizerConfig(**fields)
 
-    def open_localizer(self, **overrides):
-        """The localizer this file describes: its model, cache, map and settings."""
+    def open_localizer(self, config=None):
+        """The localizer this file describes: its model, cache, map and settings (`config`: this
+        file's `localizer_config()` as a replay's recording changed it)."""
         from skyloc.runtime.localizer import Localizer
 
-        return Localizer.open(self.model, self.cache, self.map, self.localizer_config(**overrides),
+        return Localizer.open(self.model, self.cache, self.map, config or self.localizer_config(),
                               backend=self.backend, engine_cache=self.engine_cache, precision=self.precision,
                               use_faiss=self.localizer.faiss, map_nodata=self.map_nodata, start=self.localizer.start)
 

@@ -44,11 +44,15 @@ def open_link(cfg: DaemonConfig):
 
 class Daemon:
     """The camera and the autopilot around `FrameLoop`, with the frame log and the status file.
-    `opener(uri) -> Source` replaces how the camera is opened (bench set-ups and fault injection)."""
+    `opener(uri) -> Source` replaces how the camera is opened (bench set-ups and fault injection);
+    `frames` replaces the camera's newest-frame queue altogether (anything with LatestFrame's face);
+    `outputs` see every `Step` after the daemon's own log and status."""
 
-    def __init__(self, cfg: DaemonConfig, opener=None):
+    def __init__(self, cfg: DaemonConfig, opener=None, frames=None, outputs=()):
         self.cfg = cfg
         self.opener = opener
+        self._frames = frames
+        self._outputs = list(outputs)
         self.stop_event = threading.Event()
         self.last: Estimate | None = None
         self.state = "starting"
@@ -57,7 +61,7 @@ class Daemon:
         self.embedder, self.cache = self.localizer.embedder, self.localizer.cache
         self.link = open_link(cfg)
         self.loop: FrameLoop | None = None
-        self.camera: LatestFrame | None = None
+        self.camera = None  # LatestFrame, or the frames given
         self.log_dir = Path(cfg.log.dir)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.frame_log = FrameLog(self.log_dir / f"frames-{time.strftime('%Y%m%d-%H%M%S')}.csv") \
@@ -102,9 +106,10 @@ class Daemon:
         os.replace(tmp, p)
 
     def run(self) -> int:
-        self.camera = LatestFrame(self.cfg.source, opener=self.opener) if self.opener else LatestFrame(self.cfg.source)
+        self.camera = self._frames or (LatestFrame(self.cfg.source, opener=self.opener) if self.opener
+                                       else LatestFrame(self.cfg.source))
         self.loop = FrameLoop(self.localizer, self.cfg.camera, AutopilotTelemetry(self.link), self.camera,
-                              [self._observe], link=self.link, max_fps=self.cfg.max_fps,
+                              [self._observe, *self._outputs], link=self.link, max_fps=self.cfg.max_fps,
                               gnss_prior=self.cfg.localizer.gnss_prior,
                               velocity_sigma=self.cfg.localizer.autopilot_velocity_sigma, stop=self.stop_event)
         self.state = "running"

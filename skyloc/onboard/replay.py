@@ -8,7 +8,7 @@ import csv
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +20,7 @@ from skyloc.onboard.pipeline import FrameLoop, LoggedTelemetry, RecordedFrames, 
 from skyloc.onboard.sources import FolderSource, LatestFrame, Source, open_source, video_start_time
 from skyloc.onboard.telemetry import TelemetryTrack, utc_text
 from skyloc.runtime.estimate import LOW, NO_FIX, OK, Estimate
-from skyloc.runtime.localizer import Localizer
+from skyloc.runtime.localizer import Localizer, LocalizerConfig
 
 log = logging.getLogger("skyloc.replay")
 
@@ -129,8 +129,8 @@ class FlightInput:
     def is_folder(self) -> bool:
         return isinstance(self.source, FolderSource)
 
-    def localizer_settings(self, hfov_deg: float | None = None) -> dict:
-        """The LocalizerConfig fields the recording decides, the same for every caller: photos
+    def localizer_config(self, base: LocalizerConfig | None = None, hfov_deg: float | None = None) -> LocalizerConfig:
+        """`base` with what the recording decides, the same for every caller: photos
         are frames seconds apart, each registered on its own, so one strictly verified
         registration is the evidence (as for `localize`), where a video needs a second to confirm
         the track; their EXIF gives the field of view (unless `hfov_deg`); a nadir gimbal's yaw
@@ -138,8 +138,9 @@ class FlightInput:
         if hfov_deg is None:
             fovs = [p.hfov for p in self.photos if p.hfov == p.hfov]
             hfov_deg = float(np.median(fovs)) if fovs else 60.0
-        return {"hfov_deg": hfov_deg, "yaw_flip_ok": any(p.yaw_ambiguous for p in self.photos),
-                "confirmations": 1 if self.is_folder else 2}
+        base = base or LocalizerConfig()
+        return replace(base, hfov_deg=hfov_deg, yaw_flip_ok=base.yaw_flip_ok or any(p.yaw_ambiguous for p in self.photos),
+                       status=replace(base.status, confirmations=1 if self.is_folder else 2))
 
 
 def open_flight(video: str, telemetry: TelemetryTrack | None = None, time_offset: float = 0.0,

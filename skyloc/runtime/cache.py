@@ -230,9 +230,15 @@ class TileCache:
                               f"({n} tiles of {manifest['embedding_dim']}): the cache is truncated, rebuild it")
         if tiles.dtype != TILE_DTYPE:
             raise SkylocError(f"{path}/tiles.npy has an unknown layout: rebuild the cache")
+        cache = cls(path, manifest, emb, tiles)
         if meta is not None:
-            try:
-                meta.check_compatible(manifest["model_fingerprint"], manifest["embedding_dim"], f"cache {path}")
-            except ModelMismatchError as exc:
-                raise ModelMismatchError(f"{exc} [cache model: {manifest['model_name']}]") from None
-        return cls(path, manifest, emb, tiles)
+            cache.check_model(meta)
+        return cache
+
+    def check_model(self, meta: ModelMeta) -> None:
+        """A cache of another model is refused: its embeddings mean nothing to this one."""
+        m = self.manifest
+        try:
+            meta.check_compatible(m["model_fingerprint"], m["embedding_dim"], f"cache {self.path}")
+        except ModelMismatchError as exc:
+            raise ModelMismatchError(f"{exc} [cache model: {m['model_name']}]") from None

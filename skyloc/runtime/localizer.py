@@ -96,14 +96,20 @@ def parse_start(text: str | None) -> tuple[float, float, float] | None:
 
 class Localizer:
     @classmethod
-    def open(cls, model: str | Path, cache: str | Path, map_path: str | Path | None = None,
+    def open(cls, model: str | Path | Embedder, cache: str | Path | TileCache, map_path: str | Path | None = None,
              config: LocalizerConfig | None = None, backend: str = "auto", engine_cache: str | Path | None = None,
              precision: str = "fp16", **options) -> "Localizer":
-        """The one way to set a localizer up from files: the model (.onnx or .engine), a tile
-        cache made with that model (refused otherwise), the cache's map (default: the manifest's);
-        `options` as for the constructor (start, map_nodata, map_bands, use_faiss)."""
-        embedder = create_embedder(model, backend, engine_cache=engine_cache, precision=precision)
-        return cls(embedder, TileCache.load(cache, embedder.meta), config, map_path=map_path, **options)
+        """The one way to set a localizer up: the model (.onnx or .engine, or an embedder already
+        open), a tile cache made with that model (refused otherwise; a path or one already
+        loaded, which is checked too), the cache's map (default: the manifest's); `options` as
+        for the constructor (start, map_nodata, map_bands, use_faiss)."""
+        embedder = model if hasattr(model, "embed") else \
+            create_embedder(model, backend, engine_cache=engine_cache, precision=precision)
+        if isinstance(cache, TileCache):
+            cache.check_model(embedder.meta)
+        else:
+            cache = TileCache.load(cache, embedder.meta)
+        return cls(embedder, cache, config, map_path=map_path, **options)
 
     def __init__(self, embedder: Embedder | None, cache: TileCache, config: LocalizerConfig | None = None,
                  map_path: str | Path | None = None, use_faiss: bool = False, map_nodata: float | None = None,
