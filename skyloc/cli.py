@@ -108,7 +108,7 @@ def build_engine(
     log_level: str = LogOpt,
 ) -> None:
     """Build a TensorRT engine on this GPU, cached by TensorRT version + GPU + ONNX hash."""
-    from skyloc.export.tensorrt_build import build_engine as build
+    from skyloc.runtime.engine import build_engine as build
 
     _logging(log_level)
     files = sorted(p for p in calib.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")) if calib else None

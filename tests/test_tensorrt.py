@@ -27,7 +27,7 @@ REASON = _gpu_reason()
 @pytest.mark.parametrize("precision,tol", [("fp32", 1e-3), ("fp16", 2e-2)])
 def test_engine_matches_onnxruntime(tmp_path, name, precision, tol):
     from skyloc.export.onnx_export import export_onnx
-    from skyloc.export.tensorrt_build import build_engine
+    from skyloc.runtime.engine import build_engine
     from skyloc.runtime.embedder import OnnxEmbedder, TensorRTEmbedder
 
     torch.manual_seed(0)

@@ -1,1 +1,2 @@
-"""Export: ONNX of `embed` with metadata, parity verification, TensorRT engines."""
+"""Export: ONNX of `embed` with metadata and its parity against PyTorch (needs torch). TensorRT
+engines are built by `skyloc.runtime.engine`, on the drone too."""

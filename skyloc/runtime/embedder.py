@@ -159,7 +159,7 @@ def create_embedder(model_path: str | Path, backend: str = "auto", engine_cache:
     if path.suffix == ".engine":
         return TensorRTEmbedder(path, max_batch=max_batch)
     if backend == "tensorrt":
-        from skyloc.export.tensorrt_build import build_engine
+        from skyloc.runtime.engine import build_engine
 
         engine = build_engine(path, cache_dir=engine_cache, precision=precision, max_batch=max_batch)
         return TensorRTEmbedder(engine, max_batch=max_batch)
