@@ -144,3 +144,18 @@ def test_edge_layout_finds_places_across_seasons_without_training():
         mean_of_both = 0.5 * (torch.nn.functional.normalize(q[:, :learned], dim=1) @
                               torch.nn.functional.normalize(g[:, :learned], dim=1).T + edges[1] @ edges[0].T)
     assert torch.allclose(q @ g.T, mean_of_both, atol=1e-5)
+
+
+class _Payload:
+    """Stands for any pickled object: loading it would run code of the file's choosing."""
+
+
+def test_a_checkpoint_that_needs_pickle_is_refused_with_the_object_named(tmp_path):
+    from skyloc.models.checkpoint import load_model, save_checkpoint
+
+    save_checkpoint(tmp_path / "ok.pt", create_model("mlr_convnext_atto", num_classes=3), optimizer={"lr": 0.1},
+                    config={"milestones": [70, 110]}, classes=["a", "b", "c"], loss=[1.0, 0.5])
+    assert load_model(tmp_path / "ok.pt")[0].num_classes == 3  # what skyloc writes loads with weights_only
+    save_checkpoint(tmp_path / "pickled.pt", create_model("mlr_convnext_atto", num_classes=3), extra=_Payload())
+    with pytest.raises(SkylocError, match=r"refusing checkpoint .*pickled objects \(\S*_Payload\)"):
+        load_model(tmp_path / "pickled.pt")

@@ -1,6 +1,7 @@
 """Checkpoints that record the model name and config, so a file is enough to rebuild the model."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -32,8 +33,13 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise SkylocError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # tensors and plain types only: a checkpoint cannot run code on the machine that loads it
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        what = str(exc).split("Unsupported global:")[-1].strip().split()[1] if "Unsupported global" in str(exc) else ""
+        raise SkylocError(f"refusing checkpoint {path}: it holds pickled objects{' (' + what + ')' if what else ''}, "
+                          "which loading would run; skyloc checkpoints hold only tensors and plain types. If you "
+                          "trust the file, re-save its state_dict, or train again with `skyloc train`") from None
     except Exception as exc:
         raise SkylocError(f"cannot read checkpoint {path}: the file is corrupt or not a skyloc checkpoint "
                           f"({type(exc).__name__})") from None

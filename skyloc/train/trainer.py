@@ -170,7 +170,7 @@ def train(cfg: TrainConfig, resume: bool = True, console=None) -> dict:
                                      f"{opt.param_groups[1]['lr']:.6f}", f"{time.time() - t0:.1f}"])
                 csv_file.flush()
                 save_checkpoint(ckpt_path, model, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                                epoch=epoch, config=cfg.model_dump(), classes=dataset.classes, loss=history)
+                                epoch=epoch, config=cfg.model_dump(mode="json"), classes=dataset.classes, loss=history)
     if csv_file:
         csv_file.close()
     if writer:
