@@ -140,7 +140,8 @@ def naip(out: Path, onnx: Path) -> None:
 def brighton(out: Path) -> None:
     import cv2
 
-    from skyloc.onboard.photos import image_files, read_photo_pose
+    from skyloc.onboard.photos import read_photo_pose
+    from skyloc.runtime.preprocess import image_files
     from skyloc.runtime.camera import Intrinsics, Pose
     from skyloc.runtime.geo import GeoMap
     from skyloc.runtime.registration import MapRegistration, RegistrationConfig

@@ -80,10 +80,11 @@ def verify(
 ) -> None:
     """Compare ONNX Runtime with PyTorch; exit 1 when over tolerance."""
     from skyloc.export.verify import COSINE_TOL, MAX_ABS_TOL, verify as run_verify
+    from skyloc.runtime.preprocess import image_files
     from skyloc.models.checkpoint import load_model
 
     model, _ = load_model(ckpt)
-    files = sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")) if images else None
+    files = image_files(images) if images else None
     report = run_verify(onnx_path, model, image_files=files)
     table = Table("check", "max abs error", "min cosine", "ok")
     for r in report.rows:
@@ -109,9 +110,10 @@ def build_engine(
 ) -> None:
     """Build a TensorRT engine on this GPU, cached by TensorRT version + GPU + ONNX hash."""
     from skyloc.runtime.engine import build_engine as build
+    from skyloc.runtime.preprocess import image_files
 
     _logging(log_level)
-    files = sorted(p for p in calib.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png")) if calib else None
+    files = image_files(calib) if calib else None
     path = build(onnx_path, cache_dir=cache_dir, precision=precision, max_batch=max_batch, calib_images=files,
                  force=force)
     console.print(f"engine: {path}")

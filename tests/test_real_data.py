@@ -82,7 +82,8 @@ def test_cmac_odometry_against_the_log_never_reports_a_wrong_motion():
 
 
 def test_brighton_photo_poses_from_exif_and_xmp():
-    from skyloc.onboard.photos import image_files, read_photo_pose
+    from skyloc.onboard.photos import read_photo_pose
+    from skyloc.runtime.preprocess import image_files
 
     poses = [read_photo_pose(p) for p in image_files(REAL / "brighton" / "images")]
     assert len(poses) == 18

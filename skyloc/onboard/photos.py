@@ -14,7 +14,7 @@ from pathlib import Path
 
 from skyloc.errors import SkylocError
 from skyloc.onboard.telemetry import TelemetrySample, TelemetryTrack
-from skyloc.runtime.preprocess import IMAGE_EXT
+from skyloc.runtime.preprocess import image_files
 
 _NAME_TIME = re.compile(r"(20\d{2})(\d{2})(\d{2})[_-]?(\d{2})(\d{2})(\d{2})(\d{0,3})(Z?)")
 
@@ -31,13 +31,6 @@ class PhotoPose:
     roll: float = 0.0
     hfov: float = math.nan  # from the 35 mm equivalent focal length
     yaw_ambiguous: bool = False  # gimbal pointing straight down: its yaw and roll axes coincide
-
-
-def image_files(folder: Path) -> list[Path]:
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXT)
-    if not files:
-        raise SkylocError(f"image folder {folder} has no images ({', '.join(sorted(IMAGE_EXT))})")
-    return files
 
 
 def time_from_name(name: str) -> float | None:

@@ -152,7 +152,8 @@ def open_flight(video: str, telemetry: TelemetryTrack | None = None, time_offset
     camera triggers. A photo folder without a log is its own telemetry (EXIF/XMP poses).
     `time_offset` (seconds) is added to every frame time before the telemetry is looked up.
     """
-    from skyloc.onboard.photos import image_files, photo_times, photo_track
+    from skyloc.onboard.photos import photo_times, photo_track
+    from skyloc.runtime.preprocess import image_files
 
     path = Path(video[7:] if video.startswith("file://") else video)
     if path.is_dir():

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from skyloc.errors import SkylocError
-from skyloc.runtime.preprocess import IMAGE_EXT
+from skyloc.runtime.preprocess import image_files
 
 log = logging.getLogger("skyloc.sources")
 
@@ -101,9 +101,7 @@ class FolderSource(Source):
     """
 
     def __init__(self, folder: Path, fps: float = 5.0, times: list[float] | None = None):
-        self.files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXT)
-        if not self.files:
-            raise SkylocError(f"image folder {folder} has no images ({', '.join(sorted(IMAGE_EXT))})")
+        self.files = image_files(folder)
         if times is not None and len(times) != len(self.files):
             raise ValueError("one time per image")
         self.fps, self.index, self.times = fps, 0, times

@@ -64,6 +64,17 @@ class DataConfig:
         )
 
 
+def image_files(folder: str | Path, allow_empty: bool = False) -> list[Path]:
+    """The images in a folder, in name order (the one listing every tool uses)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SkylocError(f"image folder {folder} not found")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXT and p.is_file())
+    if not files and not allow_empty:
+        raise SkylocError(f"image folder {folder} has no images ({', '.join(sorted(IMAGE_EXT))})")
+    return files
+
+
 def is_grey(image: np.ndarray, tolerance: int = 3) -> bool:
     """True for an RGB image whose three channels are (nearly) equal: a grey map or a grey view of one."""
     if image.ndim == 2 or image.shape[2] == 1:

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import Dataset
 
 from skyloc.errors import SkylocError
-from skyloc.runtime.preprocess import IMAGE_EXT, DataConfig, is_grey, load_image
+from skyloc.runtime.preprocess import DataConfig, image_files, is_grey, load_image
 from skyloc.train.appearance import randomise_appearance
 from skyloc.train.predict import to_tensor
 
@@ -41,7 +41,7 @@ def read_view(folder: Path, what: str) -> ViewSet:
     if not folder.is_dir():
         raise SkylocError(f"missing folder {folder} ({what}); see README 'Datasets' for the layouts")
     items = [(p, d.name) for d in sorted(folder.iterdir()) if d.is_dir()
-             for p in sorted(d.iterdir()) if p.suffix.lower() in IMAGE_EXT]
+             for p in image_files(d, allow_empty=True)]
     if not items:
         raise SkylocError(f"{folder} ({what}) has no images in class sub-folders")
     return ViewSet(folder, items)
