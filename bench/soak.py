@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from skyloc.onboard.config import DaemonConfig  # noqa: E402
 from skyloc.onboard.daemon import Daemon, limit_malloc_arenas  # noqa: E402
-from skyloc.onboard.peer import AutopilotPeer  # noqa: E402
+from skyloc.onboard.peer import LoopedFlight, PeerProcess  # noqa: E402
 from skyloc.onboard.sources import Frame, LoopSource, Source  # noqa: E402
 from skyloc.onboard.telemetry import load_telemetry  # noqa: E402
 from skyloc.runtime.geo import Geodesy, utm_crs_for  # noqa: E402
@@ -126,8 +126,15 @@ def prepare(out: Path, model: Path | None, minutes: float) -> dict:
             "cache": cache}
 
 
+def _busy() -> None:
+    """Other work on the companion computer: one core's worth of pure computation."""
+    x = 0
+    while True:
+        x = (x * 1103515245 + 12345) % 2147483648
+
+
 def run_soak(minutes: float, out: Path, model: Path | None = None, outputs=("gps_input", "odometry"),
-             warmup_s: float | None = None, quiet: bool = False) -> dict:
+             warmup_s: float | None = None, quiet: bool = False, load: int = 0) -> dict:
     say = (lambda *a: None) if quiet else print
     limit_malloc_arenas()  # as `skyloc run` does before its threads start
     t_setup = time.time()
@@ -148,14 +155,16 @@ def run_soak(minutes: float, out: Path, model: Path | None = None, outputs=("gps
     faults = Faults()
     peer_box: dict = {}
 
-    def vehicle():  # the autopilot's own attitude and altitude for the frame on screen now
-        s = tel.at(loop.lap_time(time.time()))
-        return s.yaw, 0.0, 0.0, s.alt, 0.0, 0.0
-
-    # the peer lives in this process: it keeps arrival times, not messages, so its own memory stays
-    # small next to the daemon's (RSS is measured for the whole process)
+    # the autopilot's own attitude and altitude for the frame on screen now; the peer runs in a
+    # process of its own, as an autopilot does (in this one it would share the daemon's GIL)
+    vehicle = LoopedFlight(files["telemetry"], loop.t0, (loop.frames or 1) / loop.fps)
     keep = {"SET_GPS_GLOBAL_ORIGIN", "STATUSTEXT"}
-    peer_box["peer"] = AutopilotPeer(port, vehicle, keep=keep).start()
+    peer_box["peer"] = PeerProcess(port, vehicle, keep=keep).start()
+    import multiprocessing as mp
+
+    workers = [mp.get_context("spawn").Process(target=_busy, daemon=True) for _ in range(load)]
+    for w in workers:
+        w.start()
     duration = minutes * 60.0
     warmup_s = min(60.0, 0.2 * duration) if warmup_s is None else warmup_s
     say(f"set-up {time.time() - t_setup:.0f} s; soaking {minutes:g} min, outputs {', '.join(outputs)}, "
@@ -213,7 +222,7 @@ def run_soak(minutes: float, out: Path, model: Path | None = None, outputs=("gps
                 peer_box["peer"].stop()
                 windows.append((name, now, now + 10.0))
                 threading.Timer(10.0, lambda: peer_box.__setitem__(
-                    "peer2", AutopilotPeer(port, vehicle, keep=keep).start())).start()
+                    "peer2", PeerProcess(port, vehicle, keep=keep).start())).start()
             elif name.startswith("telemetry"):
                 p = peer_box.get("peer2", peer_box["peer"])
                 p.telemetry_on = False
@@ -228,6 +237,9 @@ def run_soak(minutes: float, out: Path, model: Path | None = None, outputs=("gps
                   f"state {d.state}")
         time.sleep(0.1)
     stop.set()
+    for w in workers:
+        w.terminate()
+    sent_at = {k: list(v) for d in daemons if d.link is not None for k, v in d.link.stats.sent_at.items()}
     for d in daemons:
         d.stop_event.set()
     sup.join(timeout=10)
@@ -240,7 +252,7 @@ def run_soak(minutes: float, out: Path, model: Path | None = None, outputs=("gps
     frames_total = sum(d.frames for d in daemons)
     errors_total = sum(d.errors for d in daemons)
     return report(out, t0, duration, warmup_s, rss, windows, peers, files, tel, loop, frames_total, errors_total,
-                  restarts, outputs, say)
+                  restarts, outputs, say, sent_at, load)
 
 
 def _gaps(peers, kind: str, exclude: list[tuple[float, float]]) -> np.ndarray:
@@ -254,8 +266,14 @@ def _gaps(peers, kind: str, exclude: list[tuple[float, float]]) -> np.ndarray:
     return np.array(out)
 
 
+def _stats(g: np.ndarray) -> dict:
+    return {"p50": float(np.percentile(g, 50) * 1e3), "p99": float(np.percentile(g, 99) * 1e3),
+            "p999": float(np.percentile(g, 99.9) * 1e3), "max": float(g.max() * 1e3),
+            "over_150ms": int((g > 0.150).sum()), "over_245ms": int((g > ARDUPILOT_GPS_GAP_S).sum()), "count": int(g.size)}
+
+
 def report(out, t0, duration, warmup_s, rss, windows, peers, files, tel, loop, frames, errors, restarts, outputs,
-           say) -> dict:
+           say, sent_at=None, load=0) -> dict:
     rows = []
     for f in sorted((out / "logs").glob("frames-*.csv")):
         rows += list(csv.DictReader(open(f)))
@@ -271,7 +289,7 @@ def report(out, t0, duration, warmup_s, rss, windows, peers, files, tel, loop, f
         within.append(errs[-1] <= 3 * float(r["accuracy_m"]))
     peer_gone = [(a, b + 1.0) for n, a, b in windows if n.startswith("autopilot")]
     no_position = [(a, b + 3.0) for n, a, b in windows if n.startswith("camera")]  # prediction ends after 2 s
-    res = {"minutes": duration / 60, "frames": frames, "errors": errors, "restarts": restarts,
+    res = {"minutes": duration / 60, "load_processes": load, "frames": frames, "errors": errors, "restarts": restarts,
            "ok_share": len(ok) / max(1, len(rows)), "ok_error_median_m": float(np.median(errs)) if errs else None,
            "ok_error_max_m": float(np.max(errs)) if errs else None,
            "ok_within_3x_accuracy": float(np.mean(within)) if within else None}
@@ -289,8 +307,12 @@ def report(out, t0, duration, warmup_s, rss, windows, peers, files, tel, loop, f
     for kind, excl in (("GPS_INPUT", peer_gone), ("ODOMETRY", peer_gone + no_position)):
         g = _gaps(peers, kind, excl)
         if g.size:
-            res[f"{kind}_gap_ms"] = {"p50": float(np.percentile(g, 50) * 1e3), "p99": float(np.percentile(g, 99) * 1e3),
-                                     "max": float(g.max() * 1e3), "over_245ms": int((g > ARDUPILOT_GPS_GAP_S).sum())}
+            res[f"{kind}_gap_ms"] = _stats(g)
+        sent = np.array(sorted((sent_at or {}).get(kind, [])))
+        if sent.size > 1:  # the sender's own clock: what the autopilot saw, less the link and the receiver
+            d = np.array([b - a for a, b in zip(sent[:-1], sent[1:]) if not any(a < e1 and b > e0 for e0, e1 in excl)])
+            if d.size:
+                res[f"{kind}_sent_gap_ms"] = _stats(d)
     # each fault: did the daemon keep going, and when was it ok again?
     survived = []
     for name, a, b in windows:
@@ -312,9 +334,13 @@ def report(out, t0, duration, warmup_s, rss, windows, peers, files, tel, loop, f
     for kind in ("GPS_INPUT", "ODOMETRY"):
         g = res.get(f"{kind}_gap_ms")
         if g:
-            say(f"  {kind:<22} gaps p50 / p99 / max {g['p50']:.0f} / {g['p99']:.0f} / {g['max']:.0f} ms "
-                f"({g['over_245ms']} over 245 ms; the autopilot's own outage left out"
+            say(f"  {kind:<22} gaps at the peer p50 / p99 / p99.9 / max {g['p50']:.0f} / {g['p99']:.0f} / "
+                f"{g['p999']:.0f} / {g['max']:.0f} ms ({g['over_150ms']} over 150 ms, {g['over_245ms']} over 245 ms; "
+                f"the autopilot's own outage left out"
                 f"{', and the camera outage: no position to send' if kind == 'ODOMETRY' else ''})")
+        g = res.get(f"{kind}_sent_gap_ms")
+        if g:
+            say(f"  {kind:<22} gaps as sent       {g['p50']:.0f} / {g['p99']:.0f} / {g['p999']:.0f} / {g['max']:.0f} ms")
     for f in survived:
         say(f"  fault at {f['at_s']:>6.1f} s  {f['fault']:<24} {f['frames_after']:>6} frames after, ok again after "
             f"{'-' if f['ok_again_after_s'] is None else str(f['ok_again_after_s']) + ' s'}")
@@ -362,8 +388,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("bench_out/soak"))
     ap.add_argument("--model", type=Path, default=None, help="an exported model (default: train a small one)")
     ap.add_argument("--outputs", default="gps_input,odometry")
+    ap.add_argument("--load", type=int, default=0, help="CPU-bound worker processes beside the daemon for the "
+                    "whole run (other work on the companion computer)")
     args = ap.parse_args()
-    res = run_soak(args.minutes, args.out, args.model, tuple(args.outputs.split(",")))
+    res = run_soak(args.minutes, args.out, args.model, tuple(args.outputs.split(",")), load=args.load)
     sys.exit(0 if res["restarts"] == 0 else 1)
 
 

@@ -5,7 +5,6 @@ import json
 import logging
 import sys
 from pathlib import Path
-from statistics import median
 from typing import Optional
 
 import typer
@@ -287,11 +286,10 @@ def evaluate(
     --data, a last table puts the test sets side by side (what a change of season or sensor costs)."""
     import json
 
-    from rich import box
-
     from skyloc.models.checkpoint import load_model
     from skyloc.train.datasets import SUES_HEIGHTS
-    from skyloc.train.evaluate import default_flip, evaluate as run_eval, retrieval_figure, robustness as run_rob
+    from skyloc.train.evaluate import default_flip, evaluate as run_eval, result_tables, retrieval_figure, \
+        robustness as run_rob
 
     model, state = load_model(ckpt)
     flip = default_flip(state) if flip is None else flip
@@ -303,36 +301,8 @@ def evaluate(
         print(json.dumps({"checkpoint": str(ckpt), "data": [str(d) for d in data], "results": rows,
                           "robustness": rob}, indent=2))
         return
-    short = {"drone->satellite": "drone->sat", "satellite->drone": "sat->drone",
-             "full gallery": "full", "distractor-free": "no distr."}
-    for d in data:
-        mine = [r for r in rows if r["data"] == str(d)]
-        for dataset in dict.fromkeys(r["dataset"] for r in mine):
-            table = Table("task", "gallery", "R@1", "R@5", "R@10", "R@1%", "AP", "queries",
-                          title=f"{dataset} ({d.name})", box=box.SIMPLE_HEAD, caption="gallery: full = every "
-                          "gallery image; no distr. = only classes with queries (some later work)")
-            for r in (r for r in mine if r["dataset"] == dataset):
-                table.add_row(short.get(r["task"], r["task"]), short.get(r["protocol"], r["protocol"]),
-                              *(f"{r[k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@1%", "AP")),
-                              f"{r['queries']}/{r['gallery']}")
-            console.print(table)
-    if len(data) > 1:
-        t = Table("test set", "R@1", "R@5", "AP", "chance R@1", "R@1 vs first", title="drone->sat, full gallery",
-                  box=box.SIMPLE_HEAD)
-        first = None
-        for d in data:
-            for r in rows:
-                if r["data"] == str(d) and r["task"] == "drone->satellite" and r["protocol"] == "full gallery":
-                    first = r["R@1"] if first is None else first
-                    name = d.name + (f" {r['height']}" if r.get("height") else "")
-                    t.add_row(name, f"{r['R@1']:.2f}", f"{r['R@5']:.2f}", f"{r['AP']:.2f}",
-                              f"{100.0 / max(1, r['gallery']):.2f}", f"{r['R@1'] - first:+.2f}")
-        console.print(t)
-    if rob:
-        t = Table("perturbation (drone queries)", "test set", "R@1", "AP", box=box.SIMPLE_HEAD)
-        for r in rob:
-            t.add_row(r["perturbation"], Path(r["data"]).name, f"{r['R@1']:.2f}", f"{r['AP']:.2f}")
-        console.print(t)
+    for table in result_tables(rows, rob, data):
+        console.print(table)
     if figure:
         for i, d in enumerate(data):
             path = figure if i == 0 else figure.with_name(f"{figure.stem}_{d.name}{figure.suffix}")
@@ -357,16 +327,10 @@ def build_cache_cmd(
     from skyloc.runtime.geo import parse_bands
     from rich.progress import Progress
 
-    from skyloc.runtime.cache import build_cache
+    from skyloc.runtime.cache import build_cache, describe_cache, parse_shard
     from skyloc.runtime.embedder import create_embedder
 
-    sh = None
-    if shard:
-        try:
-            i, n = (int(v) for v in shard.split("/"))
-        except ValueError:
-            raise SkylocError(f"--shard {shard!r}: write it as I/N, e.g. 0/4") from None
-        sh = (i, n)
+    sh = parse_shard(shard)
     if not 0 <= overlap < 0.95:
         raise SkylocError(f"--overlap {overlap}: use a value from 0 to 0.95")
     emb = create_embedder(model, backend)
@@ -375,13 +339,8 @@ def build_cache_cmd(
         path = build_cache(map_path, emb, out, _parse_footprints(footprint), overlap, batch_size, sh,
                            progress=lambda d, n: p.update(task, completed=d, total=n), bands=parse_bands(bands),
                            nodata=nodata, min_valid=min_valid)
-    if (path / "manifest.json").is_file():
-        import json
-
-        m = json.loads((path / "manifest.json").read_text())
-        console.print(f"{path}: {m['tiles']} tiles ({m['skipped_tiles']} skipped as mostly nodata), "
-                      f"{m['embedding_dim']}-d, footprints {m['footprints_m']} m, {m['colour']} map, "
-                      f"model {m['model_name']} ({m['model_fingerprint']})")
+    if (path / "manifest.json").is_file():  # a shard in progress has none yet
+        console.print(describe_cache(path))
 
 
 @app.command("merge-cache")

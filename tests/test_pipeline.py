@@ -13,7 +13,6 @@ from skyloc.onboard.pipeline import RecordedFrames, camera_pose
 from skyloc.onboard.replay import open_flight, replay
 from skyloc.onboard.sources import Source, open_source
 from skyloc.onboard.telemetry import TelemetrySample, load_telemetry
-from skyloc.runtime.localizer import Localizer
 
 from tests.test_mavlink import _free_port
 

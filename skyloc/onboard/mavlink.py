@@ -148,6 +148,9 @@ class LinkStats:
     autopilot: str = ""  # ardupilot | px4 | other, from its HEARTBEAT
     stream_requests: int = 0  # rounds of SET_MESSAGE_INTERVAL / REQUEST_DATA_STREAM sent
     missing_streams: list = field(default_factory=lambda: list(REQUIRED_STREAMS))
+    # when each periodic output left (the sender's own cadence, beside what the autopilot saw)
+    sent_at: dict = field(default_factory=lambda: {k: deque(maxlen=100_000) for k in
+                                                   ("GPS_INPUT", "ODOMETRY", "VISION_POSITION_ESTIMATE")})
 
 
 class MavlinkLink:
@@ -232,6 +235,8 @@ class MavlinkLink:
         try:
             fn(*args, **kw)
             self.stats.sent[name] = self.stats.sent.get(name, 0) + 1
+            if name in self.stats.sent_at:
+                self.stats.sent_at[name].append(time.time())
         except OSError as exc:  # peer gone (e.g. UDP port unreachable): keep going, it may come back
             log.debug("send %s failed: %s", name, exc)
 

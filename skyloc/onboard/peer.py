@@ -159,3 +159,74 @@ class AutopilotPeer:
         with self._lock:
             t = [x for x in self.times.get(kind, []) if x >= since]
         return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0
+
+
+class LoopedFlight:
+    """The vehicle's state from a recorded flight played over and over from wall time `t0` (what a
+    looping camera shows): a picklable `state` for a peer in its own process."""
+
+    def __init__(self, telemetry_path: str, t0: float, period_s: float):
+        self.telemetry_path, self.t0, self.period_s = str(telemetry_path), t0, period_s
+        self._track = None
+
+    def __call__(self) -> tuple:
+        if self._track is None:
+            from skyloc.onboard.telemetry import load_telemetry
+
+            self._track = load_telemetry(self.telemetry_path)
+        s = self._track.at((time.time() - self.t0) % self.period_s)
+        return s.yaw, 0.0, 0.0, s.alt, 0.0, 0.0
+
+
+def _peer_main(conn, port: int, state, keep) -> None:
+    peer = AutopilotPeer(port, state, keep=keep).start()
+    while True:
+        cmd, arg = conn.recv()
+        if cmd == "telemetry":
+            peer.telemetry_on = bool(arg)
+        elif cmd == "stop":
+            peer.stop()
+            with peer._lock:
+                conn.send({k: list(v) for k, v in peer.times.items()})
+            return
+
+
+class PeerProcess:
+    """An `AutopilotPeer` in a process of its own, as an autopilot is: its receive times carry none
+    of the daemon's scheduling (the same interpreter would make them share the daemon's GIL). After
+    `stop()` it has `times` and `rate()` as the in-process peer does."""
+
+    def __init__(self, port: int, state=None, keep: set[str] | None = None):
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")  # the daemon's threads are running: never fork them
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_peer_main, args=(child, port, state, keep), name="autopilot-peer",
+                                 daemon=True)
+        self.times: dict[str, list[float]] = {}
+        self.conn = True  # running (the in-process peer's `conn` is None once stopped)
+
+    def start(self) -> "PeerProcess":
+        self._proc.start()
+        return self
+
+    @property
+    def telemetry_on(self) -> bool:
+        return True
+
+    @telemetry_on.setter
+    def telemetry_on(self, on: bool) -> None:
+        self._conn.send(("telemetry", on))
+
+    def stop(self) -> None:
+        if self.conn is None:
+            return
+        self._conn.send(("stop", None))
+        if self._conn.poll(10.0):
+            self.times = self._conn.recv()
+        self._proc.join(timeout=5)
+        self.conn = None
+
+    def rate(self, kind: str, since: float = 0.0) -> float:
+        t = [x for x in self.times.get(kind, []) if x >= since]
+        return (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else 0.0

@@ -242,3 +242,21 @@ class TileCache:
             meta.check_compatible(m["model_fingerprint"], m["embedding_dim"], f"cache {self.path}")
         except ModelMismatchError as exc:
             raise ModelMismatchError(f"{exc} [cache model: {m['model_name']}]") from None
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """`I/N` (build shard I of N) -> (I, N); None builds the whole map."""
+    if not text:
+        return None
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise SkylocError(f"--shard {text!r}: write it as I/N, e.g. 0/4") from None
+    return i, n
+
+
+def describe_cache(path: str | Path) -> str:
+    """One line on a finished cache: its tiles, descriptors, scales and model."""
+    m = json.loads((Path(path) / "manifest.json").read_text())
+    return (f"{path}: {m['tiles']} tiles ({m['skipped_tiles']} skipped as mostly nodata), {m['embedding_dim']}-d, "
+            f"footprints {m['footprints_m']} m, {m['colour']} map, model {m['model_name']} ({m['model_fingerprint']})")

@@ -137,3 +137,44 @@ def retrieval_figure(model: CrossViewModel, data: str | Path, out: str | Path, n
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return Path(out)
+
+
+def result_tables(rows: list[dict], robustness_rows: list[dict], data: list[Path]) -> list:
+    """`skyloc evaluate`'s tables (rich): one per test set and dataset, the test sets side by side
+    when there are several, the robustness sweeps."""
+    from rich import box
+    from rich.table import Table
+
+    tables = []
+    rob = robustness_rows
+    short = {"drone->satellite": "drone->sat", "satellite->drone": "sat->drone",
+             "full gallery": "full", "distractor-free": "no distr."}
+    for d in data:
+        mine = [r for r in rows if r["data"] == str(d)]
+        for dataset in dict.fromkeys(r["dataset"] for r in mine):
+            table = Table("task", "gallery", "R@1", "R@5", "R@10", "R@1%", "AP", "queries",
+                          title=f"{dataset} ({d.name})", box=box.SIMPLE_HEAD, caption="gallery: full = every "
+                          "gallery image; no distr. = only classes with queries (some later work)")
+            for r in (r for r in mine if r["dataset"] == dataset):
+                table.add_row(short.get(r["task"], r["task"]), short.get(r["protocol"], r["protocol"]),
+                              *(f"{r[k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@1%", "AP")),
+                              f"{r['queries']}/{r['gallery']}")
+            tables.append(table)
+    if len(data) > 1:
+        t = Table("test set", "R@1", "R@5", "AP", "chance R@1", "R@1 vs first", title="drone->sat, full gallery",
+                  box=box.SIMPLE_HEAD)
+        first = None
+        for d in data:
+            for r in rows:
+                if r["data"] == str(d) and r["task"] == "drone->satellite" and r["protocol"] == "full gallery":
+                    first = r["R@1"] if first is None else first
+                    name = d.name + (f" {r['height']}" if r.get("height") else "")
+                    t.add_row(name, f"{r['R@1']:.2f}", f"{r['R@5']:.2f}", f"{r['AP']:.2f}",
+                              f"{100.0 / max(1, r['gallery']):.2f}", f"{r['R@1'] - first:+.2f}")
+        tables.append(t)
+    if rob:
+        t = Table("perturbation (drone queries)", "test set", "R@1", "AP", box=box.SIMPLE_HEAD)
+        for r in rob:
+            t.add_row(r["perturbation"], Path(r["data"]).name, f"{r['R@1']:.2f}", f"{r['AP']:.2f}")
+        tables.append(t)
+    return tables
