@@ -57,6 +57,11 @@ ARDUPILOT_PARAMS = {
         "EK3_SRC1_POSXY": 3,  # both GPS slots are "GPS" to the EKF
         "EK3_SRC1_VELXY": 3,
         "EK3_SRC1_POSZ": 1,
+        "EK3_SRC2_POSXY": 3,  # source set 2, switched to when the real GPS is lost: GPS position ...
+        "EK3_SRC2_VELXY": 0,  # ... without GPS velocity (skyloc's is too noisy for the EKF's fixed gate)
+        "EK3_SRC2_POSZ": 1,  # ... baro height
+        "EK3_SRC2_VELZ": 0,
+        "EK3_SRC2_YAW": 1,  # ... compass
     },
 }
 
@@ -373,11 +378,10 @@ def run_sitl(cfg: SitlConfig, daemon_config, camera_map, progress=print) -> dict
         event(f"at {cfg.altitude:.0f} m on GPS")
         _wait(lambda: daemon.last is not None and daemon.last.status == "ok", 60, "skyloc's first ok fix")
         event("skyloc ok")
-        if cfg.output == "odometry":
-            if not gcs.command_ok(42007, 2, retries=3):  # MAV_CMD_SET_EKF_SOURCE_SET
-                raise SkylocError("the autopilot refused EKF source set 2")
-            event("EKF source set 2 (ExternalNav)")
-            time.sleep(3.0)
+        if not gcs.command_ok(42007, 2, retries=3):  # MAV_CMD_SET_EKF_SOURCE_SET
+            raise SkylocError("the autopilot refused EKF source set 2")
+        event("EKF source set 2 (ExternalNav)" if cfg.output == "odometry" else "EKF source set 2 (GPS without velocity)")
+        time.sleep(3.0)
         gcs.set_param("SIM_GPS_DISABLE", 1)
         t_gps_off = time.time()
         event("GPS off")

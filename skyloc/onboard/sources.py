@@ -153,7 +153,8 @@ class LoopSource(Source):
         bgr = self._next()
         self.index += 1
         img = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) if bgr is not None else None
-        return Frame(img, self.index - 1, self.t0 + (self.pos - 1) / self.fps)
+        shot = self.t0 + (self.pos - 1) / self.fps  # when the frame handed out was due: its exposure
+        return Frame(img, self.index - 1, shot, capture=shot)
 
     def _next(self, grab_only: bool = False):
         ok = self.cap.grab()

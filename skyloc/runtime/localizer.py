@@ -103,8 +103,8 @@ class Localizer:
         open), a tile cache made with that model (refused otherwise; a path or one already
         loaded, which is checked too), the cache's map (default: the manifest's); `options` as
         for the constructor (start, map_nodata, map_bands, use_faiss)."""
-        embedder = model if hasattr(model, "embed") else \
-            create_embedder(model, backend, engine_cache=engine_cache, precision=precision)
+        embedder = create_embedder(model, backend, engine_cache=engine_cache, precision=precision) \
+            if isinstance(model, (str, Path)) else model
         if isinstance(cache, TileCache):
             cache.check_model(embedder.meta)
         else:
