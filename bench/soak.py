@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import socket
 import sys
 import threading
@@ -126,11 +127,15 @@ def prepare(out: Path, model: Path | None, minutes: float) -> dict:
             "cache": cache}
 
 
-def _busy() -> None:
-    """Other work on the companion computer: one core's worth of pure computation."""
+def _busy(parent: int) -> None:
+    """Other work on the companion computer: one core's worth of pure computation, until the soak
+    that started it is gone (however it ended)."""
+    import os
+
     x = 0
-    while True:
-        x = (x * 1103515245 + 12345) % 2147483648
+    while os.getppid() == parent:
+        for _ in range(100_000):
+            x = (x * 1103515245 + 12345) % 2147483648
 
 
 def run_soak(minutes: float, out: Path, model: Path | None = None, outputs=("gps_input", "odometry"),
@@ -165,7 +170,7 @@ def run_soak(minutes: float, out: Path, model: Path | None = None, outputs=("gps
     peer_box["peer"] = Peer(port, vehicle, keep=keep).start()
     import multiprocessing as mp
 
-    workers = [mp.get_context("spawn").Process(target=_busy, daemon=True) for _ in range(load)]
+    workers = [mp.get_context("spawn").Process(target=_busy, args=(os.getpid(),), daemon=True) for _ in range(load)]
     for w in workers:
         w.start()
     duration = minutes * 60.0

@@ -48,10 +48,13 @@ def test_odometry_as_ardupilot_wants_it_origin_first_and_a_reset_when_the_track_
     loc = Localizer(embedder, TileCache.load(heldout_cache, embedder.meta), LocalizerConfig(),
                     start=(first.lat, first.lon, 40.0))
 
+    forced = []
+
     def force(row):  # halfway the track is dropped and restarted from a known position (as after a GNSS
-        if row.frame == 40:  # return); retrieval relocalization with the tests' tiny model is not reliable enough
+        if row.frame >= 40 and not forced:  # return); retrieval relocalization with the tests' tiny model is
+            forced.append(row.frame)  # not reliable enough (>=: realtime drops frames the CPU cannot keep up with)
             loc.reset()
-            here = tel.at(row.est.time + 0.1)
+            here = tel.at(row.time + 0.1)
             loc.start = (here.lat, here.lon, 40.0)
 
     try:
@@ -90,7 +93,7 @@ def test_odometry_as_ardupilot_wants_it_origin_first_and_a_reset_when_the_track_
     assert rep["track_starts"] >= 2 and rep["ok"] > 0
     # the last ODOMETRY is where the drone is (north/east of the origin)
     last = odo[-1]
-    truth = tel.at(res.rows[-1].est.time)
+    truth = tel.at(res.rows[-1].time)
     from skyloc.runtime.geo import Geodesy, utm_crs_for
 
     g = Geodesy(utm_crs_for(peer.origin[0], peer.origin[1]))

@@ -29,6 +29,7 @@ log = logging.getLogger("skyloc.replay")
 class ReplayRow:
     frame: int
     est: Estimate
+    time: float = math.nan  # the frame's time in the recording (the estimate's is the loop's clock)
     truth_lat: float = math.nan
     truth_lon: float = math.nan
     error_m: float = math.nan
@@ -221,7 +222,7 @@ def replay(flight: FlightInput | str, localizer: Localizer, telemetry: Telemetry
         if not res.rows:
             check_coverage(flight, step.frame.timestamp, last_time or step.frame.timestamp)
         est, s = step.estimate, step.sample
-        row = ReplayRow(step.frame.index, est,
+        row = ReplayRow(step.frame.index, est, step.frame.timestamp,
                         yaw=step.pose.yaw_deg if step.pose.yaw_deg is not None else math.nan,
                         alt=step.pose.altitude_m if step.pose.altitude_m is not None else math.nan)
         if s is not None and math.isfinite(s.lat):
@@ -247,6 +248,7 @@ def replay(flight: FlightInput | str, localizer: Localizer, telemetry: Telemetry
     finally:
         frames.close()
     res.report = error_report(res.rows, float(np.median(localizer.cache.footprints_m)))
+    res.report["frames_dropped"] = int(frames.dropped)  # realtime: frames the CPU could not keep up with
     if out_dir is not None:
         res.files = write_outputs(res, Path(out_dir), localizer)
     return res
@@ -263,14 +265,14 @@ def write_outputs(res: ReplayResult, out: Path, localizer: Localizer) -> dict:
                     "heading", "heading_sigma", "telemetry_alt", "height", "latency_ms", "message"])
         for r in res.rows:
             e = r.est
-            w.writerow([r.frame, f"{e.time:.3f}", e.status, f"{e.lat:.8f}", f"{e.lon:.8f}",
+            w.writerow([r.frame, f"{r.time:.3f}", e.status, f"{e.lat:.8f}", f"{e.lon:.8f}",
                         f"{e.horizontal_accuracy:.2f}", f"{e.confidence:.3f}", e.source, int(e.registered),
                         int(e.odometry), e.inliers, f"{r.truth_lat:.8f}", f"{r.truth_lon:.8f}", f"{r.error_m:.2f}",
                         f"{e.telemetry_yaw:.2f}", f"{e.heading_deg:.2f}", f"{e.heading_sigma_deg:.2f}",
                         f"{e.telemetry_altitude:.2f}", f"{e.height_m:.2f}",
                         f"{e.latency_ms.get('total', math.nan):.1f}", e.message])
     feats = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [r.est.lon, r.est.lat]},
-              "properties": {"frame": r.frame, "time": r.est.time, "status": r.est.status,
+              "properties": {"frame": r.frame, "time": r.time, "status": r.est.status,
                              "accuracy_m": r.est.horizontal_accuracy, "error_m": None if math.isnan(r.error_m) else r.error_m}}
              for r in res.rows if r.est.has_position]
     ok_line = [[r.est.lon, r.est.lat] for r in res.rows if r.est.status == OK]
