@@ -62,6 +62,7 @@ ARDUPILOT_PARAMS = {
         "EK3_SRC2_POSZ": 1,  # ... baro height
         "EK3_SRC2_VELZ": 0,
         "EK3_SRC2_YAW": 1,  # ... compass
+        "EK3_SRC_OPTIONS": 0,  # not "fuse all velocities" (the default, 1): set 1's GPS velocity stays out of set 2
     },
 }
 
