@@ -155,7 +155,11 @@ class LinkStats:
 
 class MavlinkLink:
     compass_warn_deg = 10.0  # STATUSTEXT when the compass disagrees with the map by more than this
-    fresh_s = 0.5  # an estimate older than this (no frame since) is dead reckoning: ODOMETRY quality -1
+    # Dead reckoning (ODOMETRY quality -1, never fused) is what the daemon says is a camera outage
+    # (its predictions without a frame), or an estimate older than this whatever it says. Not a
+    # slow frame: in SITL, map registrations of 0.5-3 s while tracking had made the EKF drop
+    # ExternalNav when -1 came after 0.5 s, and its variance failsafe fired.
+    stale_s = 1.5
     mount_yaw_deg = 0.0  # camera heading relative to the nose (send_heading turns it back)
 
     def __init__(self, url: str, outputs=("gps_input",), gps_rate_hz: float = 10.0, system_id: int = 1,
@@ -191,6 +195,7 @@ class MavlinkLink:
         self.stats = LinkStats()
         self._latest: Estimate | None = None
         self._latest_wall = 0.0
+        self._no_frames = False  # the newest estimate is a camera outage's prediction
         self._last_status: str | None = None
         self._last_heartbeat_rx = 0.0
         self._last_fix_sent = -math.inf
@@ -441,6 +446,7 @@ class MavlinkLink:
         """Hand a new estimate to the link: the clocked outputs predict from it until the next."""
         with self._lock:
             now = time.time()
+            self._no_frames = est.source == NO_FRAME
             if est.source == NO_FRAME and self._latest is not None \
                     and self._latest.has_position and est.has_position:
                 pass  # no frame behind it (a camera outage): the outputs keep predicting from the last
@@ -581,11 +587,12 @@ class MavlinkLink:
         vel_cov[0] = vel_cov[6] = vel_var
         vel_cov[11] = 4.0  # no vertical velocity is measured: 0 +- 2 m/s
         vel_cov[15] = vel_cov[18] = vel_cov[20] = 1.0
-        if age > self.fresh_s or est.status != OK:
+        dead = self._no_frames or age > self.stale_s
+        if dead or est.status != OK:
             # ArduPilot fuses ODOMETRY velocities with VISO_VEL_M_NSE whatever covariance comes with
             # them, and drops NaN ones: only a confirmed track's velocity goes out
             vfwd = vright = float("nan")
-        if age > self.fresh_s:
+        if dead:
             quality = -1  # dead reckoning without frames: "failed", never fused by ArduPilot
         elif est.status == OK:
             quality = int(max(50, min(100, round(100 * est.confidence))))
