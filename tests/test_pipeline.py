@@ -112,3 +112,26 @@ def test_the_pose_rules_mount_yaw_gimbal_and_a_reported_tilt():
     tilted = camera_pose(s, CameraConfig(pitch_deg=5.0))
     assert tilted.pitch_deg == 15.0 and tilted.yaw_deg is None  # what the gimbal reports wins over the config
     assert camera_pose(None, CameraConfig()).yaw_deg is None
+
+
+def test_replay_with_the_flight_config_uses_its_camera_and_says_what_is_missing(tmp_path, onnx_model, heldout_cache,
+                                                                                 recording):
+    import json
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "skyloc.yaml"
+    cfg.write_text(yaml.safe_dump({"model": str(onnx_model), "cache": str(heldout_cache), "source": "csi://0",
+                                   "camera": {"mount_yaw_deg": MOUNT_YAW}, "mavlink": None}))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "skyloc.cli", "replay", str(recording / "f.mp4"), *a],  # noqa: E731
+                                    capture_output=True, text=True)
+    r = run("--config", str(cfg), "--telemetry", str(recording / "vehicle.csv"), "-o", str(tmp_path / "out"),
+            "--max-frames", "8")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = list(csv.DictReader(open(tmp_path / "out" / "track.csv")))
+    camera = list(csv.DictReader(open(recording / "camera.csv")))
+    assert len(rows) == 8 and json.loads((tmp_path / "out" / "report.json").read_text())["frames"] == 8
+    for row, truth in zip(rows, camera):  # the log's vehicle yaw turned by the config's mount: the camera's
+        assert float(row["telemetry_yaw"]) == pytest.approx(float(truth["yaw"]), abs=0.05)
+    r = run("--telemetry", str(recording / "vehicle.csv"))
+    assert r.returncode != 0 and "--model and --cache, or --config" in r.stderr and "Traceback" not in r.stderr
