@@ -56,7 +56,7 @@ def camera_pose(sample: TelemetrySample | None, camera: CameraConfig) -> CameraP
     return CameraPose(yaw, _finite(sample.alt), roll, pitch, _finite(sample.tilt), _finite(sample.range))
 
 
-class Telemetry(Protocol):
+class TelemetryFeed(Protocol):
     """Where the telemetry of a frame comes from: the autopilot live, or a flight's log."""
 
     def sample(self, frame: Frame, shot: float, now: float) -> TelemetrySample | None: ...
@@ -164,7 +164,7 @@ class FrameLoop:
     prediction, not a stop; no frame for a second is a camera outage (predictions that do not
     refresh the outputs' fix, and a STATUSTEXT)."""
 
-    def __init__(self, localizer: Localizer, camera: CameraConfig, telemetry: Telemetry, frames,
+    def __init__(self, localizer: Localizer, camera: CameraConfig, telemetry: TelemetryFeed, frames,
                  outputs: list[Callable[[Step], None]], link=None, max_fps: float | None = None,
                  gnss_prior: bool = True, velocity_sigma: float = 1.0, stop: threading.Event | None = None):
         self.localizer, self.camera, self.telemetry, self.frames = localizer, camera, telemetry, frames

@@ -235,7 +235,7 @@ def replay(flight: FlightInput | str, localizer: Localizer, telemetry: Telemetry
             progress(row)
 
     if realtime:
-        frames = LatestFrame(str(source), opener=lambda _uri: source)
+        frames = LatestFrame(getattr(source, "name", "the recording"), opener=lambda _uri: source)
         if max_frames is not None:
             log.warning("max_frames is ignored with realtime")
     else:
