@@ -322,6 +322,8 @@ def build_cache_cmd(
     bands: Optional[str] = BandsOpt,
     nodata: Optional[float] = NodataOpt,
     min_valid: float = typer.Option(0.5, help="skip tiles with less than this share of valid map"),
+    map_features: bool = typer.Option(True, help="Also store the map's registration features, so that "
+                                      "relocalization does not detect them in flight (skyloc map-features)"),
 ) -> None:
     """Embed every tile of a map into a cache (windowed reads, resumable, shardable)."""
     from skyloc.runtime.geo import parse_bands
@@ -336,11 +338,51 @@ def build_cache_cmd(
     emb = create_embedder(model, backend)
     with Progress(console=console) as p:
         task = p.add_task("tiles", total=None)
+        feats = p.add_task("map features", total=None, visible=False)
         path = build_cache(map_path, emb, out, _parse_footprints(footprint), overlap, batch_size, sh,
                            progress=lambda d, n: p.update(task, completed=d, total=n), bands=parse_bands(bands),
-                           nodata=nodata, min_valid=min_valid)
+                           nodata=nodata, min_valid=min_valid, map_features=map_features,
+                           feature_progress=lambda d, n: p.update(feats, completed=d, total=n, visible=True))
     if (path / "manifest.json").is_file():  # a shard in progress has none yet
         console.print(describe_cache(path))
+
+
+@app.command("map-features")
+def map_features_cmd(
+    cache: Path = typer.Argument(..., help="Tile cache directory (skyloc build-cache)"),
+    map_path: Optional[Path] = typer.Option(None, "--map", help="The cache's map, where it has moved (default: "
+                                            "the manifest's)"),
+    gsd: Optional[str] = typer.Option(None, help="Working resolutions in m/px, e.g. 0.5,0.71 (default: the "
+                                      "map's own, where frames finer than the map are registered)"),
+) -> None:
+    """Store the map's registration features in a tile cache (done by build-cache unless
+    --no-map-features; run this after merge-cache or on an older cache)."""
+    import json
+
+    from rich.progress import Progress
+
+    from skyloc.runtime.cache import describe_cache
+    from skyloc.runtime.features import build_map_features
+    from skyloc.runtime.geo import GeoMap
+
+    mf = cache / "manifest.json"
+    if not mf.is_file():
+        raise SkylocError(f"{cache} is not a finished tile cache (no manifest.json): build it with skyloc build-cache")
+    m = json.loads(mf.read_text())
+    src = map_path or Path(m["source_map"])
+    if not src.is_file():
+        raise SkylocError(f"map {src} not found: pass the cache's map with --map")
+    gmap = GeoMap(src, gsd=m["gsd_m"], bands=tuple(m["bands"]) if m.get("bands") else None, nodata=m.get("nodata"))
+    try:
+        gsds = [float(v) for v in gsd.split(",") if v.strip()] if gsd else None
+    except ValueError:
+        raise SkylocError(f"--gsd {gsd!r}: give metres per pixel, comma-separated (e.g. 0.5,0.71)") from None
+    if gsds and min(gsds) < gmap.gsd - 1e-9:
+        raise SkylocError(f"--gsd {gsd}: registration never works finer than the map's {gmap.gsd:.3f} m/px")
+    with Progress(console=console) as p:
+        task = p.add_task("map features", total=None)
+        build_map_features(cache, gmap, gsds, progress=lambda d, n: p.update(task, completed=d, total=n))
+    console.print(describe_cache(cache))
 
 
 @app.command("merge-cache")
@@ -352,7 +394,8 @@ def merge_cache_cmd(
     from skyloc.runtime.cache import merge_caches
 
     path = merge_caches(shards, out)
-    console.print(f"merged {len(shards)} shards into {path}")
+    console.print(f"merged {len(shards)} shards into {path}; store the map's features with "
+                  f"`skyloc map-features {path}`")
 
 
 DemOpt = typer.Option(None, "--dem", help="Elevation model GeoTIFF (any CRS): the altitude above home becomes the "

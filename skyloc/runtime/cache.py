@@ -4,6 +4,7 @@ Layout of `NAME.cache/`:
     embeddings.npy   float16 [N,D], memory-mapped on load
     tiles.npy        structured per-tile table (lat, lon, x, y, footprint_m, band)
     manifest.json    format, model fingerprint/name/dim, source map + sha256, CRS, GSD, tiling
+    map_features/    the map's registration features, by GSD (optional: skyloc.runtime.features)
 """
 from __future__ import annotations
 
@@ -98,8 +99,13 @@ def _manifest(meta: ModelMeta, gmap: GeoMap, plan: TilingPlan, n: int, shard: tu
 def build_cache(map_path: str | Path, embedder: Embedder, out: str | Path, footprints_m: list[float],
                 overlap: float = 0.5, batch_size: int = 32, shard: tuple[int, int] | None = None,
                 progress=None, stop_after: int | None = None, bands: tuple[int, ...] | None = None,
-                nodata: float | None = None, min_valid: float = 0.5) -> Path:
+                nodata: float | None = None, min_valid: float = 0.5, map_features: bool = True,
+                feature_progress=None) -> Path:
     """Embed every tile of the map. Interrupted builds resume from the last finished batch.
+
+    map_features: also store the map's registration features (`skyloc.runtime.features`), so
+    that relocalization never detects them in flight (not for shards: run `skyloc map-features`
+    on the merged cache).
 
     Tiles with less than `min_valid` of valid map (nodata, alpha, or the `nodata` override) are
     skipped; the manifest counts them. shard=(i, n) builds only the i-th of n contiguous slices
@@ -160,6 +166,10 @@ def build_cache(map_path: str | Path, embedder: Embedder, out: str | Path, footp
     partial.replace(out / "embeddings.npy")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     state_file.unlink(missing_ok=True)
+    if map_features and not shard:
+        from skyloc.runtime.features import build_map_features
+
+        build_map_features(out, gmap, progress=feature_progress)
     gmap.close()
     return out
 
@@ -258,5 +268,10 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 def describe_cache(path: str | Path) -> str:
     """One line on a finished cache: its tiles, descriptors, scales and model."""
     m = json.loads((Path(path) / "manifest.json").read_text())
+    feats = []
+    for level in sorted((Path(path) / "map_features").glob("g*/manifest.json")):
+        lm = json.loads(level.read_text())
+        feats.append(f"{lm.get('features_total', 0)} at {lm.get('gsd_m', 0):.2f} m/px")
     return (f"{path}: {m['tiles']} tiles ({m['skipped_tiles']} skipped as mostly nodata), {m['embedding_dim']}-d, "
-            f"footprints {m['footprints_m']} m, {m['colour']} map, model {m['model_name']} ({m['model_fingerprint']})")
+            f"footprints {m['footprints_m']} m, {m['colour']} map, model {m['model_name']} ({m['model_fingerprint']}); "
+            f"map features: {', '.join(feats) if feats else 'none stored (skyloc map-features)'}")

@@ -33,6 +33,7 @@ from skyloc.runtime.cache import TileCache
 from skyloc.runtime.camera import Intrinsics, Pose
 from skyloc.runtime.embedder import Embedder, create_embedder
 from skyloc.runtime.estimate import LOW, NO_FIX, NO_FRAME, OK, Estimate, StatusConfig, TrackEvidence, decide_status
+from skyloc.runtime.features import open_store
 from skyloc.runtime.filter import FilterConfig, TrackFilter
 from skyloc.runtime.odometry import OdometryConfig, OdometryStep, VisualOdometry
 from skyloc.runtime.preprocess import check_frame
@@ -130,6 +131,9 @@ class Localizer:
         self.odometry = VisualOdometry(self.cfg.odometry)
         self.filter = TrackFilter(self.cfg.filter)
         self.registration = MapRegistration(self.map, self.cfg.registration)
+        self.registration.stored = open_store(Path(cache.path) / "map_features", self.map)
+        for gsd, level in self.registration.stored.items():
+            log.info("map features at %.2f m/px from %s (%d)", gsd, level.path, len(level.xy))
         self.relocalizer = Relocalizer(embedder, cache, self.registration, self.cfg.relocalization, use_faiss) \
             if embedder is not None else None
         if self.cfg.altitude_range_m:

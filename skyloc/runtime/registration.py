@@ -11,6 +11,7 @@ registration earns an "ok" position.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field, replace
 
@@ -18,8 +19,11 @@ import cv2
 import numpy as np
 
 from skyloc.runtime.camera import Intrinsics, Pose, footprint, image_to_ground, project, world_from_camera
+from skyloc.runtime.features import MapFeatures, StoredLevel, describe, make_detector
 from skyloc.runtime.geo import GeoMap
-from skyloc.runtime.preprocess import normalize_contrast, to_grey
+from skyloc.runtime.preprocess import to_grey
+
+log = logging.getLogger("skyloc.registration")
 
 
 @dataclass
@@ -91,68 +95,6 @@ def log10_nfa(n: int, k: int, p: float) -> float:
     return (log_tail + math.log(1.0 / p)) / math.log(10)
 
 
-def make_detector(kind: str, n: int):
-    if kind == "sift":
-        return cv2.SIFT_create(nfeatures=n)
-    raise ValueError(f"unknown feature type {kind!r}: use sift")
-
-
-class MapFeatures:
-    """Local features of the map at one working resolution, computed tile by tile on first use.
-
-    Consecutive registrations look at overlapping windows, so the map side of the matching is
-    detected once and reused (an LRU of tiles bounds the memory).
-    """
-
-    def __init__(self, gmap: GeoMap, gsd: float, describe, tile_px: int = 320, pad_px: int = 24,
-                 max_tiles: int = 400):
-        self.map, self.gsd, self.describe = gmap, gsd, describe
-        self.tile_px, self.pad_px, self.max_tiles = tile_px, pad_px, max_tiles
-        left, _, _, top = gmap.bounds
-        self.x0, self.y1 = left, top
-        self.tiles: dict[tuple[int, int], tuple] = {}
-
-    def _tile(self, i: int, j: int):
-        key = (i, j)
-        if key in self.tiles:
-            self.tiles[key] = self.tiles.pop(key)  # most recently used last
-            return self.tiles[key]
-        g, t, pad = self.gsd, self.tile_px, self.pad_px
-        side_px = t + 2 * pad
-        cx, cy = self.x0 + (i + 0.5) * t * g, self.y1 - (j + 0.5) * t * g
-        rgb, valid = self.map.read_window_masked(cx, cy, side_px * g, side_px)
-        feats = None
-        if valid.mean() > 0.02:
-            valid = cv2.erode(valid.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-            feats = self.describe(to_grey(rgb), valid)
-        if feats is not None:
-            xy, ang, size, desc = feats
-            core = np.all((xy >= pad) & (xy < pad + t), axis=1)
-            ground = np.column_stack([cx + (xy[core, 0] - side_px / 2) * g, cy - (xy[core, 1] - side_px / 2) * g])
-            feats = (ground, ang[core], size[core], desc[core])
-        self.tiles[key] = feats
-        while len(self.tiles) > self.max_tiles:
-            self.tiles.pop(next(iter(self.tiles)))
-        return feats
-
-    def window(self, wx0: float, wy1: float, w_px: int, h_px: int):
-        """Features inside the window whose top-left corner is (wx0, wy1), in window pixels."""
-        g, t = self.gsd, self.tile_px
-        i0, i1 = int(math.floor((wx0 - self.x0) / (t * g))), int(math.floor((wx0 + w_px * g - self.x0) / (t * g)))
-        j0, j1 = int(math.floor((self.y1 - wy1) / (t * g))), int(math.floor((self.y1 - wy1 + h_px * g) / (t * g)))
-        parts = [f for i in range(max(0, i0), i1 + 1) for j in range(max(0, j0), j1 + 1)
-                 if (f := self._tile(i, j)) is not None and len(f[0])]
-        if not parts:
-            return None
-        ground = np.concatenate([p[0] for p in parts])
-        xy = np.column_stack([(ground[:, 0] - wx0) / g, (wy1 - ground[:, 1]) / g]).astype(np.float32)
-        inside = (xy[:, 0] >= 0) & (xy[:, 0] < w_px) & (xy[:, 1] >= 0) & (xy[:, 1] < h_px)
-        if not inside.any():
-            return None
-        return (xy[inside], np.concatenate([p[1] for p in parts])[inside],
-                np.concatenate([p[2] for p in parts])[inside], np.concatenate([p[3] for p in parts])[inside])
-
-
 class MapRegistration:
     """Registers frames against one map (GeoMap) around a predicted position."""
 
@@ -162,13 +104,17 @@ class MapRegistration:
         self.detector = make_detector(self.cfg.features, self.cfg.max_features)
         self.tile_detector = make_detector(self.cfg.features, 0)
         self._map_features: dict[float, MapFeatures] = {}
+        self.stored: dict[float, StoredLevel] = {}  # map features read from the cache's store, by GSD
         self._frame_cache: tuple | None = None
         self.terrain = None  # a DEM (skyloc.runtime.terrain.Terrain): the pose is solved on the real ground
 
     def map_features(self, gsd: float) -> MapFeatures:
         key = round(gsd, 4)
         if key not in self._map_features:
-            self._map_features[key] = MapFeatures(self.map, gsd, lambda g, m: self._features(g, m, self.tile_detector))
+            if key not in self.stored:
+                log.info("map features at %.4f m/px are not stored with the cache: detected in flight as needed "
+                         "(store them with `skyloc map-features CACHE --gsd %.4f`)", gsd, gsd)
+            self._map_features[key] = MapFeatures(self.map, gsd, self.tile_detector, self.stored.get(key))
         return self._map_features[key]
 
     def work_gsd(self, intr: Intrinsics, pose: Pose) -> float:
@@ -207,16 +153,9 @@ class MapRegistration:
         mask = cv2.erode(mask, np.ones((5, 5), np.uint8)) > 0
         return warped, mask, (float(e0), float(n1)), h_img, intr_s
 
-    def _features(self, grey: np.ndarray, mask: np.ndarray, detector=None):
-        """Keypoints (xy [N,2], angle deg [N], size [N]) and descriptors of a contrast-normalised image."""
-        img = normalize_contrast(grey)
-        kp, desc = (detector or self.detector).detectAndCompute(img, mask.astype(np.uint8) * 255)
-        if desc is None or len(kp) == 0:
-            return None
-        # RootSIFT: the Hellinger kernel matches better across appearance changes; rows have unit length
-        desc = np.sqrt(desc / (np.abs(desc).sum(axis=1, keepdims=True) + 1e-7)).astype(np.float32)
-        return (np.float32([k.pt for k in kp]), np.float32([k.angle for k in kp]), np.float32([k.size for k in kp]),
-                desc)
+    def _features(self, grey: np.ndarray, mask: np.ndarray):
+        """The frame's keypoints (xy [N,2], angle deg [N], size [N]) and RootSIFT descriptors."""
+        return describe(grey, mask, self.detector)
 
     def _match(self, f, m, target: np.ndarray, reach_px: float, extra_deg: float = 0.0, extra_scale: float = 0.0):
         """Ratio-test matches among the pairs that geometry allows.
@@ -224,30 +163,34 @@ class MapRegistration:
         Both images are north-up at one scale, so a frame keypoint can only match a map keypoint
         of similar orientation and size that lies within `reach_px` of its `target` (where it
         lands if the drone is at the centre of the search area). Frame keypoints are bucketed by
-        target cell so descriptor distances are computed only for such nearby pairs.
+        target cell, and in big buckets (relocalization's wide reach) by orientation and size too,
+        so descriptor distances are computed only for pairs that can pass.
         """
         fxy, fang, fsize, fdesc = f
         mxy, mang, msize, mdesc = m
         cfg = self.cfg
-        cos_max = math.cos(math.radians(min(180.0, cfg.max_angle_deg + extra_deg)))
+        angle_lim = min(180.0, cfg.max_angle_deg + extra_deg)
+        cos_max = math.cos(math.radians(angle_lim))
         log_size = math.log(cfg.max_size_ratio) + math.log1p(extra_scale)
         cell = max(reach_px, 24.0)
         mkeys = np.floor(mxy / cell).astype(np.int64)
         fkeys = np.floor(target / cell).astype(np.int64)
-        src, dst = [], []
+        # orientation bins at least angle_lim wide: a pair can only join neighbouring bins
+        n_bins = int(360.0 // angle_lim) if angle_lim <= 60.0 else 0
+        fbin = (np.floor(fang % 360.0 / (360.0 / n_bins)).astype(np.int64) % n_bins) if n_bins else None
+        mbin = (np.floor(mang % 360.0 / (360.0 / n_bins)).astype(np.int64) % n_bins) if n_bins else None
         fa, ma = np.radians(fang), np.radians(mang)
         fcs = np.column_stack([np.cos(fa), np.sin(fa)]).astype(np.float32)  # cos(a - b) = [cos a, sin a] . [cos b, sin b]
         mcs = np.column_stack([np.cos(ma), np.sin(ma)]).astype(np.float32)
         fl, ml = np.log(np.maximum(fsize, 1e-3)).astype(np.float32), np.log(np.maximum(msize, 1e-3)).astype(np.float32)
-        target = target.astype(np.float64)
-        mxy64 = mxy.astype(np.float64)
-        tn, mn = (target ** 2).sum(1), (mxy64 ** 2).sum(1)
-        for key in set(map(tuple, fkeys)):
-            fi = np.flatnonzero((fkeys[:, 0] == key[0]) & (fkeys[:, 1] == key[1]))
-            mj = np.flatnonzero((np.abs(mkeys[:, 0] - key[0]) <= 1) & (np.abs(mkeys[:, 1] - key[1]) <= 1))
-            if len(mj) == 0:
-                continue
-            bad = (tn[fi, None] + mn[None, mj] - 2.0 * (target[fi] @ mxy64[mj].T)) > reach_px * reach_px
+        reach2 = np.float32(reach_px * reach_px)
+        src, dst = [], []
+
+        def pairs(fi: np.ndarray, mj: np.ndarray, origin: np.ndarray) -> None:
+            # float32 about the bucket's corner: exact enough for a distance test, 10x cheaper than float64
+            t = (target[fi] - origin).astype(np.float32)
+            q = (mxy[mj] - origin).astype(np.float32)
+            bad = ((t * t).sum(1)[:, None] + (q * q).sum(1)[None, :] - 2.0 * (t @ q.T)) > reach2
             if cos_max > -1.0:
                 bad |= (fcs[fi] @ mcs[mj].T) < cos_max
             bad |= np.abs(fl[fi, None] - ml[None, mj]) > log_size
@@ -263,6 +206,28 @@ class MapRegistration:
             keep = (s1 > -2.0) & np.where(second > -2.0, d1 < cfg.ratio * d2, d1 < 0.5)
             src.append(fxy[fi[keep]])
             dst.append(mxy[mj[best[keep]]])
+
+        # size bins as wide as the size tolerance: a pair can only join neighbouring bins
+        fsb = np.floor(fl / log_size).astype(np.int64)
+        msb = np.floor(ml / log_size).astype(np.int64)
+        for key in set(map(tuple, fkeys)):
+            fi = np.flatnonzero((fkeys[:, 0] == key[0]) & (fkeys[:, 1] == key[1]))
+            mj = np.flatnonzero((np.abs(mkeys[:, 0] - key[0]) <= 1) & (np.abs(mkeys[:, 1] - key[1]) <= 1))
+            if len(mj) == 0:
+                continue
+            origin = np.array(key, np.float64) * cell
+            if len(fi) * len(mj) < 200_000:
+                pairs(fi, mj, origin)
+                continue
+            fo = fbin[fi] if n_bins else np.zeros(len(fi), np.int64)
+            for b, sb in set(zip(fo.tolist(), fsb[fi].tolist())):
+                fib = fi[(fo == b) & (fsb[fi] == sb)]
+                near = np.abs(msb[mj] - sb) <= 1
+                if n_bins:
+                    d = (mbin[mj] - b) % n_bins
+                    near &= (d <= 1) | (d == n_bins - 1)
+                if near.any():
+                    pairs(fib, mj[near], origin)
         if not src:
             return np.zeros((0, 2), np.float32), np.zeros((0, 2), np.float32)
         return np.concatenate(src).astype(np.float32), np.concatenate(dst).astype(np.float32)
