@@ -353,7 +353,8 @@ def map_features_cmd(
     map_path: Optional[Path] = typer.Option(None, "--map", help="The cache's map, where it has moved (default: "
                                             "the manifest's)"),
     gsd: Optional[str] = typer.Option(None, help="Working resolutions in m/px, e.g. 0.5,0.71 (default: the "
-                                      "map's own, where frames finer than the map are registered)"),
+                                      "map's own, where frames finer than the map are registered; the localizer "
+                                      "logs any other it needs)"),
 ) -> None:
     """Store the map's registration features in a tile cache (done by build-cache unless
     --no-map-features; run this after merge-cache or on an older cache)."""
@@ -377,8 +378,8 @@ def map_features_cmd(
         gsds = [float(v) for v in gsd.split(",") if v.strip()] if gsd else None
     except ValueError:
         raise SkylocError(f"--gsd {gsd!r}: give metres per pixel, comma-separated (e.g. 0.5,0.71)") from None
-    if gsds and min(gsds) < gmap.gsd - 1e-9:
-        raise SkylocError(f"--gsd {gsd}: registration never works finer than the map's {gmap.gsd:.3f} m/px")
+    if gsds is not None and (not gsds or min(gsds) <= 0):
+        raise SkylocError(f"--gsd {gsd!r}: give positive metres per pixel (e.g. 0.5,0.71)")
     with Progress(console=console) as p:
         task = p.add_task("map features", total=None)
         build_map_features(cache, gmap, gsds, progress=lambda d, n: p.update(task, completed=d, total=n))

@@ -97,7 +97,9 @@ def test_map_features_cli_adds_them_to_a_cache_built_without(tmp_path, feature_m
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (path / "map_features").iterdir()) == ["g0.5000", "g0.7100"]
     assert "at 0.71 m/px" in " ".join(r.stdout.split())
-    for args, says in (((path, "--gsd", "0.25"), "finer than the map"),
+    r = skyloc("map-features", path, "--gsd", "0.3536")  # finer than the map: what a frame coarse on it needs
+    assert r.returncode == 0 and (path / "map_features" / "g0.3536").is_dir(), r.stderr
+    for args, says in (((path, "--gsd", "-1"), "positive metres per pixel"),
                        ((tmp_path / "nothing.cache",), "not a finished tile cache")):
         r = skyloc("map-features", *args)
         assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
