@@ -118,6 +118,59 @@ def build_engine(
     console.print(f"engine: {path}")
 
 
+@app.command()
+def quantize(
+    onnx_path: Path = typer.Argument(..., help="Float ONNX model from `skyloc export`"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="INT8 model to write (default: MODEL.int8.onnx)"),
+    cache: Optional[Path] = typer.Option(None, "--cache", "-c", help="Tile cache of your map, built with this "
+                                         "model: calibrates on its map and checks retrieval against it"),
+    map_path: Optional[Path] = typer.Option(None, "--map", help="Map to calibrate on (without --cache, or where "
+                                            "the cache's map has moved)"),
+    footprint: str = typer.Option("170", help="Tile footprints in metres, with --map and no --cache"),
+    tiles: int = typer.Option(256, help="Calibration tiles"),
+    ops: str = typer.Option("Conv", help="Operator types to quantize (ONNX names), e.g. Conv,MatMul,Gemm"),
+    method: str = typer.Option("minmax", help="Calibration ranges: minmax | entropy | percentile"),
+    bands: Optional[str] = BandsOpt,
+    nodata: Optional[float] = NodataOpt,
+    log_level: str = LogOpt,
+) -> None:
+    """Static INT8 quantization with ONNX Runtime, calibrated on tiles of your map (CPU boards)."""
+    from rich.progress import Progress
+
+    from skyloc.runtime.geo import parse_bands
+    from skyloc.runtime.quantize import ACCEPT_AGREEMENT, ACCEPT_COSINE, quantize_model
+
+    _logging(log_level)
+    out = out or onnx_path.with_name(onnx_path.stem + ".int8.onnx")
+    op_types = tuple(o.strip() for o in ops.split(",") if o.strip())
+    if not op_types:
+        raise SkylocError(f"--ops {ops!r}: name at least one operator type, e.g. Conv")
+    with Progress(console=console) as p:
+        tasks: dict[str, int] = {}
+
+        def progress(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = p.add_task(what, total=total)
+            p.update(tasks[what], completed=done, total=total)
+
+        rep = quantize_model(onnx_path, out, cache=cache, map_path=map_path,
+                             footprints_m=_parse_footprints(footprint), bands=parse_bands(bands), nodata=nodata,
+                             calibration_tiles=tiles, ops=op_types, method=method, progress=progress)
+    console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), fingerprint {rep.int8_fingerprint}, "
+                  f"quantized from {rep.float_fingerprint} on {rep.calibration_tiles} tiles")
+    same = ("not checked (no --cache)" if rep.same_top1 is None
+            else f"same place {rep.same_place:.1%} (same tile {rep.same_top1:.1%})")
+    console.print(f"check on {rep.check_views} views of the map: cosine to the float model median "
+                  f"{rep.cosine_median:.4f}, 5th percentile {rep.cosine_p05:.4f}; retrieval in the cache: {same}")
+    if rep.accepts_float_caches:
+        console.print(f"[green]it may use caches built with the float model[/green] "
+                      f"(>= {ACCEPT_AGREEMENT:.0%} same place, median cosine >= {ACCEPT_COSINE})")
+    else:
+        console.print("[yellow]it refuses caches of the float model[/yellow]: build its own with "
+                      f"`skyloc build-cache MAP -m {out} -o AREA.cache`"
+                      + ("" if cache else ", or quantize with --cache to check the float model's"))
+
+
 def _parse_footprints(text: str) -> list[float]:
     try:
         vals = [float(v) for v in text.split(",") if v.strip()]
@@ -467,7 +520,7 @@ def localize(
 
 @app.command()
 def replay(
-    video: str = typer.Argument(..., help="Video file or a folder of photos/frames (URI)"),
+    video: str = typer.Argument(..., help="Video file, a folder of photos/frames (URI), or a ROS bag"),
     model: Optional[Path] = typer.Option(None, "--model", "-m", help="Exported model: .onnx or TensorRT .engine "
                                          "(default: the --config's)"),
     cache: Optional[Path] = typer.Option(None, "--cache", "-c", help="Tile cache directory (default: the --config's)"),
@@ -504,8 +557,16 @@ def replay(
     drop_yaw: bool = typer.Option(False, help="Replay as if the telemetry had no yaw (heading from the map)"),
     backend: Optional[str] = typer.Option(None, "--backend", help="auto | onnxruntime | tensorrt (default: the "
                                           "--config's, else auto)"),
+    image_topic: Optional[str] = typer.Option(None, help="ROS bag: the camera topic (Image or CompressedImage; "
+                                              "default: the busiest)"),
+    fix_topic: Optional[str] = typer.Option(None, help="ROS bag: the NavSatFix topic (truth)"),
+    attitude_topic: Optional[str] = typer.Option(None, help="ROS bag: Imu, Odometry or px4_msgs VehicleAttitude"),
+    range_topic: Optional[str] = typer.Option(None, help="ROS bag: a downward sensor_msgs/Range"),
+    altitude_topic: Optional[str] = typer.Option(None, help="ROS bag: height above home, std_msgs/Float64 "
+                                                 "(default: a topic named rel_alt, as MAVROS's)"),
 ) -> None:
-    """Run a recorded flight through the daemon's own loop: track (CSV/GeoJSON/KML), errors, calibration, plots."""
+    """Run a recorded flight through the daemon's own loop: track (CSV/GeoJSON/KML), errors, calibration, plots.
+    VIDEO may be a ROS 1 bag (.bag) or a ROS 2 bag (its folder, .db3 or .mcap): its camera and telemetry."""
     from rich.progress import Progress
 
     from skyloc.onboard.replay import open_flight, replay as run_replay, report_table
@@ -514,7 +575,11 @@ def replay(
     cfg = _replay_config(config, model, cache, video, map_path, nodata, hfov, pitch, registration_interval, dem,
                          home_elevation, compass_sigma, start, backend)
     tel = load_telemetry(telemetry) if telemetry else None
-    flight = open_flight(video, tel, time_offset, _parse_utc(video_start))  # checks the inputs before the model loads
+    from skyloc.onboard.bags import BagTopics
+
+    topics = BagTopics(image_topic, fix_topic, attitude_topic, range_topic, altitude_topic)
+    # checks the inputs before the model loads
+    flight = open_flight(video, tel, time_offset, _parse_utc(video_start), topics=topics)
     loc = cfg.open_localizer(flight.localizer_config(cfg.localizer_config(), cfg.camera.hfov_deg if hfov or config else None))
     link = None
     if mavlink:

@@ -79,6 +79,26 @@ def embedder(onnx_model):
 
 
 @pytest.fixture(scope="session")
+def flight(tmp_path_factory, heldout_map) -> Path:
+    """12 s over the held-out map at 10 fps with a turn and a camera's exposure changes."""
+    from skyloc.synth.flight import FlightConfig, render_flight
+
+    d = tmp_path_factory.mktemp("track")
+    cfg = FlightConfig(duration_s=12, fps=10, speed=10, altitude=125, altitude_jitter=3, pitch=0, width=480,
+                       height=320, route="turns", turn_deg=90, turn_rate=20, exposure=0.8, exposure_time=0.02, seed=5)
+    render_flight(heldout_map, d / "f.mp4", d / "f.csv", cfg)
+    return d
+
+
+def replay_flight(flight: Path, localizer):
+    """Replay the `flight` fixture's video and telemetry through a localizer."""
+    from skyloc.onboard.replay import replay
+    from skyloc.onboard.telemetry import load_telemetry
+
+    return replay(str(flight / "f.mp4"), localizer, load_telemetry(flight / "f.csv"))
+
+
+@pytest.fixture(scope="session")
 def heldout_cache(workdir, heldout_map, embedder) -> Path:
     from skyloc.runtime.cache import build_cache
 

@@ -22,6 +22,7 @@ def test_readme_workflow_reaches_a_replay(tmp_path):
         ("export", "runs/area/last.pt", "--out", "model.onnx"),
         ("verify", "model.onnx", "runs/area/last.pt"),
         ("build-cache", "area.tif", "-m", "model.onnx", "-o", "area.cache", "--footprint", "160"),
+        ("quantize", "model.onnx", "-c", "area.cache", "--tiles", "32"),
         ("synth-flight", "area.tif", "flight.mp4", "--telemetry", "flight.csv", "--duration", "3"),
         ("replay", "flight.mp4", "-m", "model.onnx", "-c", "area.cache", "--telemetry", "flight.csv", "--pitch", "5",
          "-o", "replay_out"),
@@ -30,6 +31,7 @@ def test_readme_workflow_reaches_a_replay(tmp_path):
         r = skyloc(*step, cwd=tmp_path)
         assert r.returncode == 0, f"skyloc {' '.join(map(str, step))}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     assert (tmp_path / "top5.png").stat().st_size > 1000
+    assert (tmp_path / "model.int8.onnx").is_file()
     report = json.loads((tmp_path / "replay_out" / "report.json").read_text())
     assert report["frames"] == 6
     assert (tmp_path / "replay_out" / "track.png").is_file()
@@ -45,6 +47,7 @@ def test_errors_are_one_line(tmp_path):
         (("localize", "f.jpg", "-m", "m.onnx", "-c", "c.cache", "--start", "91,8"), "--start '91,8'"),
         (("synth-flight", "missing.tif", "f.mp4", "--telemetry", "f.csv"), "map not found"),
         (("make-pairs", "missing.tif", "out"), "map not found"),
+        (("quantize", "m.onnx", "-c", "c.cache"), "model not found: m.onnx"),
         (("train", "--model", "vgg16", "--data", "."), "unknown model 'vgg16'"),
         (("train", "--model", "mift_tiny"), "no training data"),
     ]

@@ -13,6 +13,7 @@ from skyloc.runtime.geo import GeoMap
 from skyloc.runtime.localizer import Localizer, LocalizerConfig, parse_start
 from skyloc.runtime.preprocess import rotate_north_up
 from skyloc.synth.render import Camera, north_up_tile, render_view
+from tests.conftest import replay_flight
 
 
 @pytest.fixture(scope="module")
@@ -21,18 +22,6 @@ def scene(heldout_map):
     img = gm.read_all()
     t = gm.transform
     return gm, img, (t.a, 0.0, t.c, 0.0, t.e, t.f)
-
-
-@pytest.fixture(scope="module")
-def flight(tmp_path_factory, heldout_map):
-    """12 s over the held-out map at 10 fps with a turn and a camera's exposure changes."""
-    from skyloc.synth.flight import FlightConfig, render_flight
-
-    d = tmp_path_factory.mktemp("track")
-    cfg = FlightConfig(duration_s=12, fps=10, speed=10, altitude=125, altitude_jitter=3, pitch=0, width=480,
-                       height=320, route="turns", turn_deg=90, turn_rate=20, exposure=0.8, exposure_time=0.02, seed=5)
-    render_flight(heldout_map, d / "f.mp4", d / "f.csv", cfg)
-    return d
 
 
 def test_north_up_rotation_undoes_the_heading(scene):
@@ -49,10 +38,7 @@ def test_north_up_rotation_undoes_the_heading(scene):
 
 
 def _replay(flight, loc):
-    from skyloc.onboard.replay import replay
-    from skyloc.onboard.telemetry import load_telemetry
-
-    return replay(str(flight / "f.mp4"), loc, load_telemetry(flight / "f.csv"))
+    return replay_flight(flight, loc)
 
 
 def _first_position(flight):

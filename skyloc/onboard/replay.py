@@ -145,18 +145,28 @@ class FlightInput:
 
 
 def open_flight(video: str, telemetry: TelemetryTrack | None = None, time_offset: float = 0.0,
-                video_start: float | None = None) -> FlightInput:
-    """Open a video or a photo folder and line its frames up with the telemetry.
+                video_start: float | None = None, topics=None) -> FlightInput:
+    """Open a video, a photo folder or a ROS bag and line its frames up with the telemetry.
 
     Logs (.tlog/.bin/.ulg) are on UTC: a video is placed by its container's creation time (or
     `video_start`), photos by their own times (file name, EXIF) or, without any, by the log's
-    camera triggers. A photo folder without a log is its own telemetry (EXIF/XMP poses).
-    `time_offset` (seconds) is added to every frame time before the telemetry is looked up.
+    camera triggers. A photo folder without a log is its own telemetry (EXIF/XMP poses). A bag
+    (`skyloc.onboard.bags`, `topics` a `BagTopics`) is its own telemetry unless one is given; its
+    stamps are UTC. `time_offset` (seconds) is added to every frame time before the telemetry is
+    looked up.
     """
+    from skyloc.onboard.bags import is_bag, open_bag
     from skyloc.onboard.photos import photo_times, photo_track
     from skyloc.runtime.preprocess import image_files
 
     path = Path(video[7:] if video.startswith("file://") else video)
+    if is_bag(path):
+        source, recorded = open_bag(path, topics)
+        telemetry = telemetry or recorded
+        if telemetry is not None and not telemetry.absolute:  # a CSV in seconds from the first frame
+            first = source.first_time()
+            return FlightInput(source, telemetry, lambda t: t - first + time_offset)
+        return FlightInput(source, telemetry, lambda t: t + time_offset)
     if path.is_dir():
         files = image_files(path)
         times = photo_times(files)

@@ -73,7 +73,7 @@ class OnnxEmbedder:
             raise SkylocError(f"cannot start ONNX Runtime on {self.path}: {str(exc).splitlines()[0]}") from None
         self.providers = self.session.get_providers()
         self.input_name = self.session.get_inputs()[0].name
-        log.info("onnxruntime %s providers=%s", self.path.name, self.providers)
+        log.info("onnxruntime %s (%s) providers=%s", self.path.name, self.meta.precision, self.providers)
 
     def embed_tensor(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]

@@ -20,6 +20,11 @@ class ModelMeta:
     fingerprint: str
     data_config: DataConfig
     format_version: int = FORMAT_VERSION
+    precision: str = "fp32"  # "int8": made by `skyloc quantize` from a float model
+    quantized_from: str | None = None  # the float model's fingerprint
+    # Fingerprints whose caches this model may use: `skyloc quantize` adds the float model's when
+    # it measured that the INT8 embeddings retrieve like the float ones on the user's map.
+    accepts_caches_of: tuple[str, ...] = ()
 
     def to_props(self) -> dict[str, str]:
         """String key/values for ONNX metadata_props and engine sidecars."""
@@ -33,6 +38,10 @@ class ModelMeta:
             "skyloc.std": json.dumps(list(self.data_config.std)),
             "skyloc.interpolation": self.data_config.interpolation,
             "skyloc.colour": self.data_config.colour,
+            "skyloc.precision": self.precision,
+            **({"skyloc.quantized_from": self.quantized_from} if self.quantized_from else {}),
+            **({"skyloc.accepts_caches_of": json.dumps(list(self.accepts_caches_of))}
+               if self.accepts_caches_of else {}),
         }
 
     @classmethod
@@ -53,11 +62,16 @@ class ModelMeta:
                     colour=props.get("skyloc.colour", "rgb"),
                 ),
                 format_version=version,
+                precision=props.get("skyloc.precision", "fp32"),
+                quantized_from=props.get("skyloc.quantized_from"),
+                accepts_caches_of=tuple(json.loads(props.get("skyloc.accepts_caches_of", "[]"))),
             )
         except KeyError as exc:
             raise SkylocError(
                 f"{source} has no skyloc metadata ({exc.args[0]} missing): export it with `skyloc export`"
             ) from None
+        except ValueError as exc:
+            raise SkylocError(f"{source} has corrupt skyloc metadata ({exc}): export it again") from None
 
     def check_compatible(self, fingerprint: str, embedding_dim: int, what: str) -> None:
         """Refuse a cache/engine made with other weights: a silent wrong answer is worse."""
@@ -65,6 +79,15 @@ class ModelMeta:
             raise ModelMismatchError(
                 f"{what} holds {embedding_dim}-d embeddings but model {self.model_name} makes "
                 f"{self.embedding_dim}-d ones: rebuild it with this model (skyloc build-cache)"
+            )
+        if fingerprint in self.accepts_caches_of:
+            return
+        if fingerprint == self.quantized_from:
+            raise ModelMismatchError(
+                f"{what} was built with the float model {fingerprint} that this INT8 model "
+                f"({self.fingerprint}) was quantized from, and `skyloc quantize` did not show that their "
+                "embeddings match: rebuild it with this model (skyloc build-cache), or quantize again "
+                "with --cache pointing at it to check"
             )
         if fingerprint != self.fingerprint:
             raise ModelMismatchError(
