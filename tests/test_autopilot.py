@@ -212,6 +212,35 @@ def test_a_camera_outage_is_not_sent_as_a_fix():
     assert texts  # state changes are announced
 
 
+def test_frames_that_measure_nothing_are_not_sent_as_a_fix():
+    """Frames that come but measure nothing (no odometry, no registration: in SITL, the last 100 m
+    of a landing over a 5 m/px map) leave the filter dead-reckoning on its own velocity. Fused as
+    ExternalNav that had pulled the EKF 450 m off; it must go out as a camera outage does."""
+    from skyloc.runtime.estimate import LOW, Estimate
+
+    peer, link = _link_and_peer(origin=(47.4, 8.5, 400.0))
+    try:
+        _fly_ok_until_ready(link)
+        blind = time.time()
+        for _ in range(30):
+            link.publish(Estimate(time.time(), LOW, lat=47.4, lon=8.5, horizontal_accuracy=8.0, confidence=0.3,
+                                  source="prediction"))
+            time.sleep(0.1)
+        back = time.time()
+        _fly_ok_until_ready(link)
+    finally:
+        link.close()
+        peer.stop()
+    with peer._lock:
+        odo = [(t, m) for t, m in peer.messages if m.get_type() == "ODOMETRY"]
+    during = [(t - blind, m) for t, m in odo if blind + link.stale_s + 0.2 < t < back]
+    assert during and all(m.quality == -1 and not AutopilotPeer.ekf_inputs(m)[1] for _, m in during)
+    assert max(dt for dt, _ in during) < link.max_prediction_s + 0.3  # then it stops: ExternalNav times out
+    assert [m for t, m in odo if t > back + 0.3][-1].quality >= 50
+    texts = [m.text for m in peer.of("STATUSTEXT")]
+    assert "skyloc: frames show nothing, dead reckoning" in texts and "skyloc: frames measure again" in texts
+
+
 def test_odometry_covariance_reads_as_the_horizontal_sigma_in_ardupilots_formula():
     from skyloc.onboard.mavlink import ardupilot_pose_variances
 

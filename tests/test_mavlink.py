@@ -47,7 +47,7 @@ class Autopilot:
 
 def _est(status=OK, lat=47.4, lon=8.5, acc=5.0):
     return Estimate(time=time.time(), status=status, lat=lat, lon=lon, x=0, y=0, horizontal_accuracy=acc,
-                    confidence=0.9 if status == OK else 0.1, vx=2.0, vy=-1.0)
+                    confidence=0.9 if status == OK else 0.1, vx=2.0, vy=-1.0, source="odometry", odometry=True)
 
 
 def test_peer_gets_heartbeat_gps_input_statustext_and_sends_telemetry():

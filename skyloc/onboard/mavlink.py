@@ -19,6 +19,9 @@ the autopilot, and asks again while it does not come (`missing_streams` says whi
 Outputs carry a position only while frames come: predictions made without a frame (a camera
 outage) do not refresh them, so after `max_prediction_s` ODOMETRY stops and GPS_INPUT says no
 fix; in between ODOMETRY's quality is -1, which ArduPilot never fuses (VISO_QUAL_MIN >= 0).
+Frames that measure nothing (no odometry, no registration: too low over a coarse map, no
+texture) count as no frames: the filter's own dead reckoning is not a measurement, and fused as
+one it pulled SITL's EKF 450 m off in a landing.
 STATUSTEXT reports state changes. Only the sender thread writes to the link.
 """
 from __future__ import annotations
@@ -195,6 +198,10 @@ class MavlinkLink:
         self.stats = LinkStats()
         self._latest: Estimate | None = None
         self._latest_wall = 0.0
+        # when a frame last showed motion or the map (odometry or registration): estimates after
+        # it are the filter's own dead reckoning even though frames come (no texture, too low)
+        self._seen_wall: float | None = None
+        self._blind_warned = False
         self._no_frames = False  # the newest estimate is a camera outage's prediction
         self._last_status: str | None = None
         self._last_heartbeat_rx = 0.0
@@ -457,6 +464,8 @@ class MavlinkLink:
                 # ODOMETRY at its send time minus VISO_DELAY_MS, the link's delay alone
                 shot = est.time if abs(now - est.time) < 10.0 else now  # not a wall clock: now
                 self._latest, self._latest_wall = est, min(shot, now)
+                if est.odometry or est.registered or est.source in ("odometry", "registration"):
+                    self._seen_wall = min(shot, now)
             if est.status == OK and self.origin is None and est.has_position:
                 alt = self.telemetry.altitude_amsl
                 agl = self.telemetry.altitude_agl
@@ -467,6 +476,13 @@ class MavlinkLink:
                 self._reset_counter = (self._reset_counter + 1) % 256  # the track restarted: a position jump
             if est.has_position:
                 self._track_id = est.track_id
+        if est.source != NO_FRAME and est.has_position:  # frames come, but do they measure anything?
+            blind = self.blind_s(now) > self.stale_s
+            if blind and not self._blind_warned:
+                self.statustext("skyloc: frames show nothing, dead reckoning", M.MAV_SEVERITY_WARNING)
+            elif not blind and self._blind_warned:
+                self.statustext("skyloc: frames measure again", M.MAV_SEVERITY_INFO)
+            self._blind_warned = blind
         bias = getattr(est, "yaw_bias_deg", math.nan)
         if math.isfinite(bias) and est.status == OK:
             if abs(bias) > self.compass_warn_deg and not self._compass_warned:
@@ -508,6 +524,12 @@ class MavlinkLink:
         drms = math.hypot(est.horizontal_accuracy, 0.5 * self.accel * age * age + 1.0 * age)
         return est, age, lat, lon, drms
 
+    def blind_s(self, now: float) -> float:
+        """Seconds since a frame last measured anything (odometry or registration)."""
+        with self._lock:
+            seen = self._seen_wall
+        return math.inf if seen is None else max(0.0, now - seen)
+
     def _speed_sigma(self, est: Estimate, age: float) -> float:
         """1-sigma (m/s) of the velocity sent: the filter's, grown by the prediction's age."""
         return math.hypot(min(50.0, est.velocity_sigma), self.accel * age, 0.3)
@@ -532,7 +554,7 @@ class MavlinkLink:
         f.update(lat=int(round(lat * 1e7)), lon=int(round(lon * 1e7)), vn=est.vy, ve=est.vx,
                  horiz_accuracy=float(acc), hdop=float(min(99.0, max(0.5, acc / 3.0))),
                  speed_accuracy=float(min(99.0, self._speed_sigma(est, age))))
-        if est.status == OK and age <= self.max_prediction_s:
+        if est.status == OK and age <= self.max_prediction_s and self.blind_s(now) <= self.max_prediction_s:
             # ArduPilot's EKF wants >= 6 satellites for a usable fix; a vision fix has none, so
             # report a nominal 10 only while the fix is good (0 otherwise).
             f.update(fix_type=3, satellites_visible=10)
@@ -553,8 +575,9 @@ class MavlinkLink:
         if p is None or self._ned is None or t.yaw_deg is None:
             return None
         est, age, lat, lon, drms = p
-        if age > self.max_prediction_s:
-            return None
+        blind = self.blind_s(now)
+        if age > self.max_prediction_s or blind > self.max_prediction_s:
+            return None  # dead reckoning only: the EKF's ExternalNav source times out
         x, y = self._ned.from_latlon(lat, lon)
         north, east = y - self._origin_xy[1], x - self._origin_xy[0]
         down = -(t.altitude_agl if t.altitude_agl is not None else 0.0)
@@ -587,7 +610,7 @@ class MavlinkLink:
         vel_cov[0] = vel_cov[6] = vel_var
         vel_cov[11] = 4.0  # no vertical velocity is measured: 0 +- 2 m/s
         vel_cov[15] = vel_cov[18] = vel_cov[20] = 1.0
-        dead = self._no_frames or age > self.stale_s
+        dead = self._no_frames or age > self.stale_s or blind > self.stale_s
         if dead or est.status != OK:
             # ArduPilot fuses ODOMETRY velocities with VISO_VEL_M_NSE whatever covariance comes with
             # them, and drops NaN ones: only a confirmed track's velocity goes out
