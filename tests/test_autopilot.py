@@ -219,12 +219,23 @@ def test_frames_that_measure_nothing_are_not_sent_as_a_fix():
     from skyloc.runtime.estimate import LOW, Estimate
 
     peer, link = _link_and_peer(origin=(47.4, 8.5, 400.0))
+    unmeasured = lambda: Estimate(time.time(), LOW, lat=47.4, lon=8.5, horizontal_accuracy=8.0,  # noqa: E731
+                                  confidence=0.3, source="prediction")
     try:
+        _fly_ok_until_ready(link)
+        ground = time.time()  # disarmed on the ground the camera sees too little: the track still goes
+        for _ in range(30):   # out (ArduPilot arms only with a healthy ExternalNav; SITL refused to)
+            link.publish(unmeasured())
+            time.sleep(0.1)
+        peer.armed = True
+        end = time.time() + 3.0
+        while time.time() < end and link.telemetry.armed is not True:
+            link.publish(_ok())
+            time.sleep(0.1)
         _fly_ok_until_ready(link)
         blind = time.time()
         for _ in range(30):
-            link.publish(Estimate(time.time(), LOW, lat=47.4, lon=8.5, horizontal_accuracy=8.0, confidence=0.3,
-                                  source="prediction"))
+            link.publish(unmeasured())
             time.sleep(0.1)
         back = time.time()
         _fly_ok_until_ready(link)
@@ -233,6 +244,8 @@ def test_frames_that_measure_nothing_are_not_sent_as_a_fix():
         peer.stop()
     with peer._lock:
         odo = [(t, m) for t, m in peer.messages if m.get_type() == "ODOMETRY"]
+    on_ground = [m for t, m in odo if ground + link.stale_s + 0.5 < t < ground + 3.0]
+    assert on_ground and all(1 <= m.quality <= 49 for m in on_ground)
     during = [(t - blind, m) for t, m in odo if blind + link.stale_s + 0.2 < t < back]
     assert during and all(m.quality == -1 and not AutopilotPeer.ekf_inputs(m)[1] for _, m in during)
     assert max(dt for dt, _ in during) < link.max_prediction_s + 0.3  # then it stops: ExternalNav times out

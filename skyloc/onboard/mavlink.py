@@ -525,7 +525,11 @@ class MavlinkLink:
         return est, age, lat, lon, drms
 
     def blind_s(self, now: float) -> float:
-        """Seconds since a frame last measured anything (odometry or registration)."""
+        """Seconds since a frame last measured anything (odometry or registration); 0 while the
+        autopilot says it is disarmed: on the ground the camera sees too little to measure, the
+        track is the autopilot's own GNSS fix, and ArduPilot arms only with a healthy ExternalNav."""
+        if self.telemetry.armed is False:
+            return 0.0
         with self._lock:
             seen = self._seen_wall
         return math.inf if seen is None else max(0.0, now - seen)

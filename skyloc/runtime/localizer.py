@@ -49,7 +49,8 @@ __all__ = ["Localizer", "LocalizerConfig", "Estimate", "OK", "LOW", "NO_FIX", "p
 
 @dataclass
 class LocalizerConfig:
-    hfov_deg: float = 60.0  # camera horizontal field of view
+    hfov_deg: float = 60.0  # camera horizontal field of view (of a distortion-free lens)
+    calibration: str | None = None  # calibration file (OpenCV, ROS camera_info, Kalibr): frames are undistorted
     camera_pitch_deg: float = 0.0  # camera tilt forward from nadir (gimbal/mount)
     attitude_sigma_deg: float = 0.5  # attitude (and its timing) error: shifts every fix by altitude * tan
     map_accuracy_m: float | None = None  # 1-sigma georeferencing error of the map (default: max(0.5 m, gsd / 2))
@@ -143,6 +144,11 @@ class Localizer:
         left, bottom, right, top = self.map.bounds
         self.grid_rotation = self.cache.geodesy.grid_rotation(
             *self.cache.geodesy.to_latlon((left + right) / 2, (bottom + top) / 2))
+        self.calibration = None
+        if self.cfg.calibration:
+            from skyloc.runtime.calibration import load_calibration
+
+            self.calibration = load_calibration(self.cfg.calibration)
         self.terrain = None
         self.home_elevation = self.cfg.home_elevation_m
         if self.cfg.dem:
@@ -238,7 +244,12 @@ class Localizer:
         lat_ms: dict[str, float] = {}
         t0 = time.perf_counter()
         frame = check_frame(frame_rgb)
-        intr = Intrinsics(frame.shape[1], frame.shape[0], self.cfg.hfov_deg)
+        if self.calibration is not None:  # the lens's distortion out: every stage sees a pinhole
+            undistort = self.calibration.undistorter(frame.shape[1], frame.shape[0])
+            frame = undistort(frame)
+            intr = Intrinsics(frame.shape[1], frame.shape[0], undistort.hfov_deg)
+        else:
+            intr = Intrinsics(frame.shape[1], frame.shape[0], self.cfg.hfov_deg)
         est = Estimate(t, NO_FIX, track_id=self.track_id)
         if self.start is not None and not self.filter.initialized:
             self.set_prior(t, *self.start, source="start position")

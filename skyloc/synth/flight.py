@@ -17,7 +17,7 @@ import numpy as np
 
 from skyloc.errors import SkylocError
 from skyloc.runtime.geo import GeoMap
-from skyloc.synth.render import Camera, motion_blur, photometric, render_view, render_view_terrain
+from skyloc.synth.render import Camera, motion_blur, photometric, render_view, render_view_lens, render_view_terrain
 
 
 @dataclass
@@ -38,6 +38,8 @@ class FlightConfig:
     exposure: float = 0.0  # 0: per-frame random photometrics (training-like); > 0: a camera's drifting exposure
     exposure_time: float = 0.0  # s: motion blur along the flight (0: none)
     shake: float = 0.0  # share of frames blurred by vibration
+    lens: str | None = None  # a calibration file (OpenCV, ROS camera_info, Kalibr): frames are rendered
+    #                          through that lens (its size is width x height; hfov is then unused)
     dem: str | None = None  # hills (GeoTIFF in the map's CRS, e.g. write_dem): the drone holds `altitude`
     #                         above the take-off point, as a barometer reports it; the CSV's alt is that
     #                         (agl holds the true height above the ground)
@@ -146,6 +148,12 @@ def render_flight(map_path: str | Path, video_path: str | Path, telemetry_path: 
     transform = (gmap.transform.a, 0.0, gmap.transform.c, 0.0, gmap.transform.e, gmap.transform.f)
     rng = np.random.default_rng(cfg.seed)
     footprint = cfg.altitude * 1.2 * math.hypot(1.0, cfg.height / cfg.width) * math.tan(math.radians(cfg.hfov) / 2)
+    lens = None
+    if cfg.lens:
+        from skyloc.runtime.calibration import load_calibration
+
+        lens = load_calibration(cfg.lens).scaled(cfg.width, cfg.height)
+        footprint = cfg.altitude * 1.2 * float(np.linalg.norm(lens.pixel_rays(), axis=-1).max())
     margin = footprint + cfg.altitude * math.tan(math.radians(cfg.pitch)) + 20
     xy = route(gmap.bounds, cfg, rng, margin)
     video_path, telemetry_path = Path(video_path), Path(telemetry_path)
@@ -180,6 +188,8 @@ def render_flight(map_path: str | Path, video_path: str | Path, telemetry_path: 
             agl = alt + home - ground
             cam = Camera(x, y, agl, yaw, cfg.pitch, cfg.hfov, cfg.width, cfg.height)
             view = render_view_terrain(image, transform, cam, elevation, home + alt)
+        elif lens is not None:
+            view = render_view_lens(image, transform, cam, lens)
         else:
             view = render_view(image, transform, cam)
         if look is None:

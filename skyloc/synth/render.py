@@ -74,6 +74,21 @@ def render_view_terrain(map_rgb: np.ndarray, transform, cam: Camera, elevation: 
     return cv2.remap(map_rgb, px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
 
 
+def render_view_lens(map_rgb: np.ndarray, transform, cam: Camera, lens) -> np.ndarray:
+    """Warp the map into a camera with lens distortion (`lens`: a `runtime.calibration.Calibration`
+    of cam.width x cam.height; cam.hfov is not used): each pixel's ray, as the lens bends it,
+    meets the flat ground. Rays at or above the horizon (a wide fisheye) stay black."""
+    a, _, c, _, e, f = transform[:6]
+    xy = lens.pixel_rays()
+    r = geometry.world_from_camera(cam.pose)
+    rays = np.concatenate([xy, np.ones(xy.shape[:2] + (1,))], -1) @ r.T
+    down = rays[..., 2] < -1e-3
+    t = np.where(down, cam.altitude / np.where(down, -rays[..., 2], 1.0), 0.0)
+    px = np.where(down, (cam.x + t * rays[..., 0] - c) / a, -1e6).astype(np.float32)
+    py = np.where(down, (cam.y + t * rays[..., 1] - f) / e, -1e6).astype(np.float32)
+    return cv2.remap(map_rgb, px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+
+
 def north_up_tile(map_rgb: np.ndarray, transform, x: float, y: float, size_m: float, out_px: int) -> np.ndarray:
     """A north-up square of size_m metres centred at (x, y): the 'satellite' view of a place."""
     a, _, c, _, e, f = transform[:6]
