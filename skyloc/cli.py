@@ -26,6 +26,8 @@ BandsOpt = typer.Option(None, "--bands", help="Map bands to use, from 1: one (gr
                         "the colour bands, or the only one")
 NodataOpt = typer.Option(None, "--nodata", help="Map value that means 'no data' where the file does not say "
                          "(e.g. 255 for a white border)")
+CalibrationOpt = typer.Option(None, "--calibration", help="Lens calibration (OpenCV FileStorage, ROS camera_info or "
+                              "Kalibr camchain YAML): frames are undistorted first; --hfov is then unused")
 StartOpt = typer.Option(None, "--start", help="Prior position LAT,LON[,RADIUS_M] (default radius 50 m): the track "
                         "starts there instead of searching the whole map")
 
@@ -225,6 +227,8 @@ def synth_flight(
     exposure_time: float = typer.Option(0.0, help="s: motion blur along the flight (e.g. 0.02)"),
     shake: float = typer.Option(0.0, help="share of frames blurred by vibration"),
     seed: int = typer.Option(0),
+    lens: Optional[Path] = typer.Option(None, help="Render through this lens calibration (OpenCV/ROS/Kalibr "
+                                        "YAML; scaled to the frame size; --hfov unused)"),
 ) -> None:
     """Render a flight over a map: a video and its telemetry with ground truth (for replay)."""
     from rich.progress import Progress
@@ -233,12 +237,14 @@ def synth_flight(
 
     cfg = FlightConfig(duration_s=duration, fps=fps, speed=speed, altitude=altitude, pitch=pitch, hfov=hfov,
                        width=width or size, height=height or size, seed=seed, route=route, turn_deg=turn,
-                       exposure=exposure, exposure_time=exposure_time, shake=shake)
+                       exposure=exposure, exposure_time=exposure_time, shake=shake,
+                       lens=str(lens) if lens else None)
     with Progress(console=console, transient=True) as p:
         task = p.add_task("rendering", total=int(round(duration * fps)))
         r = render_flight(map_path, video, telemetry, cfg, progress=lambda n: p.advance(task, n))
     console.print(f"wrote {r['video']} ({r['frames']} frames of {cfg.width}x{cfg.height} at {fps} fps, heading "
-                  f"turns {r['yaw_change_deg']:.0f} deg) and {r['telemetry']}; replay with --pitch {pitch} --hfov {hfov}")
+                  f"turns {r['yaw_change_deg']:.0f} deg) and {r['telemetry']}; replay with --pitch {pitch} "
+                  + (f"--calibration {lens}" if lens else f"--hfov {hfov}"))
 
 
 @app.command("make-pairs")
@@ -495,6 +501,7 @@ def localize(
     compass_sigma: float = CompassSigmaOpt,
     backend: str = BackendOpt,
     as_json: bool = typer.Option(False, "--json", help="Print the estimate as JSON"),
+    calibration: Optional[Path] = CalibrationOpt,
 ) -> None:
     """One frame -> position: registration around --start, or retrieval + strict registration."""
     import json
@@ -505,7 +512,8 @@ def localize(
     # one frame cannot be confirmed by a second: a strictly verified registration is the evidence
     loc = _open_localizer(model, cache, backend, map_path, hfov, pitch, start, nodata,
                           dem=str(dem) if dem else None, home_elevation_m=home_elevation,
-                          bias=_bias_config(compass_sigma), status=StatusConfig(confirmations=1))
+                          bias=_bias_config(compass_sigma), status=StatusConfig(confirmations=1),
+                          calibration=str(calibration) if calibration else None)
     est = loc.locate(load_image(image), 0.0, yaw_deg=yaw, altitude_m=alt)
     if as_json:
         console.print_json(json.dumps(est.to_dict(), default=float))
@@ -564,6 +572,7 @@ def replay(
     range_topic: Optional[str] = typer.Option(None, help="ROS bag: a downward sensor_msgs/Range"),
     altitude_topic: Optional[str] = typer.Option(None, help="ROS bag: height above home, std_msgs/Float64 "
                                                  "(default: a topic named rel_alt, as MAVROS's)"),
+    calibration: Optional[Path] = CalibrationOpt,
 ) -> None:
     """Run a recorded flight through the daemon's own loop: track (CSV/GeoJSON/KML), errors, calibration, plots.
     VIDEO may be a ROS 1 bag (.bag) or a ROS 2 bag (its folder, .db3 or .mcap): its camera and telemetry."""
@@ -573,7 +582,7 @@ def replay(
     from skyloc.onboard.telemetry import load_telemetry
 
     cfg = _replay_config(config, model, cache, video, map_path, nodata, hfov, pitch, registration_interval, dem,
-                         home_elevation, compass_sigma, start, backend)
+                         home_elevation, compass_sigma, start, backend, calibration)
     tel = load_telemetry(telemetry) if telemetry else None
     from skyloc.onboard.bags import BagTopics
 
@@ -600,7 +609,7 @@ def replay(
 
 
 def _replay_config(config, model, cache, video, map_path, nodata, hfov, pitch, registration_interval, dem,
-                   home_elevation, compass_sigma, start, backend):
+                   home_elevation, compass_sigma, start, backend, calibration=None):
     """The daemon config replay runs with: the user's flight config (or its defaults), with the
     command line's options on top, so a replay runs what would fly."""
     from skyloc.onboard.config import DaemonConfig
@@ -615,7 +624,8 @@ def _replay_config(config, model, cache, video, map_path, nodata, hfov, pitch, r
                         ("backend", backend)):
         if value is not None:
             setattr(cfg, name, str(value) if isinstance(value, Path) else value)
-    for name, value in (("hfov_deg", hfov), ("pitch_deg", pitch)):
+    for name, value in (("hfov_deg", hfov), ("pitch_deg", pitch),
+                        ("calibration", str(calibration) if calibration else None)):
         if value is not None:
             setattr(cfg.camera, name, value)
     ls = cfg.localizer
@@ -676,6 +686,7 @@ def sitl(
     gimbal: bool = typer.Option(False, help="The camera on a stabilising gimbal (camera.gimbal), not fixed to the "
                                 "airframe"),
     out: Path = typer.Option(Path("sitl_out"), "--out", "-o"),
+    calibration: Optional[Path] = CalibrationOpt,
 ) -> None:
     """A closed loop with ArduPilot SITL: take-off on GPS, switch to skyloc, GPS off, a box, a camera cut, land."""
     from skyloc.onboard.config import DaemonConfig, MavlinkConfig
@@ -701,6 +712,8 @@ def sitl(
         cfg.localizer.dem = str(dem) if dem else None
     if gimbal:
         cfg.camera.gimbal = True
+    if calibration:  # the simulated camera renders through this lens, and the daemon undistorts it
+        cfg.camera.calibration = str(calibration)
     mf = Path(cfg.cache) / "manifest.json"
     if not mf.is_file():
         raise SkylocError(f"{cfg.cache} has no manifest.json: not a tile cache (skyloc build-cache)")

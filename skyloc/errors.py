@@ -10,3 +10,8 @@ class SkylocError(Exception):
 
 class ModelMismatchError(SkylocError):
     """A cache, checkpoint or engine was made with a different model than the one given."""
+
+
+class ConfigError(SkylocError):
+    """The configuration does not fit the input (a lens calibration of another frame size): every
+    frame would fail the same way, so the loop stops rather than report it frame after frame."""

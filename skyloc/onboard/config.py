@@ -15,6 +15,8 @@ class _Strict(BaseModel):
 
 class CameraConfig(_Strict):
     hfov_deg: float = Field(60.0, gt=1, lt=179, description="horizontal field of view of the camera")
+    calibration: Optional[str] = Field(None, description="lens calibration file (OpenCV FileStorage, ROS "
+                                       "camera_info or Kalibr camchain YAML): frames are undistorted, hfov_deg unused")
     mount_yaw_deg: float = Field(0.0, description="camera yaw relative to the airframe's nose")
     pitch_deg: float = Field(0.0, ge=0, lt=60, description="camera tilt forward from nadir (gimbal setting)")
     gimbal: bool = Field(False, description="a stabilising gimbal holds the camera at pitch_deg whatever the "
@@ -96,6 +98,7 @@ class DaemonConfig(_Strict):
 
         ls = self.localizer
         fields = dict(hfov_deg=self.camera.hfov_deg, camera_pitch_deg=self.camera.pitch_deg,
+                      calibration=self.camera.calibration,
                       registration_interval_s=ls.registration_interval_s,
                       attitude_sigma_deg=ls.attitude_sigma_deg, altitude_range_m=ls.altitude_range_m,
                       dem=ls.dem, home_elevation_m=ls.home_elevation_m,
@@ -123,6 +126,8 @@ class DaemonConfig(_Strict):
                 setattr(cfg, name, str(base / v))
         if cfg.localizer.dem and not Path(cfg.localizer.dem).is_absolute():
             cfg.localizer.dem = str(base / cfg.localizer.dem)
+        if cfg.camera.calibration and not Path(cfg.camera.calibration).is_absolute():
+            cfg.camera.calibration = str(base / cfg.camera.calibration)
         if "://" not in cfg.source and not Path(cfg.source).is_absolute():
             cfg.source = str(base / cfg.source)
         if not Path(cfg.log.dir).is_absolute():

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from skyloc.errors import ConfigError
 from skyloc.onboard.config import CameraConfig
 from skyloc.onboard.sources import Frame, Source
 from skyloc.onboard.telemetry import TelemetrySample, TelemetryTrack
@@ -212,6 +213,8 @@ class FrameLoop:
                 est = self.localizer.locate(frame.image, shot, pose.yaw_deg, pose.altitude_m, pitch_deg=pose.pitch_deg,
                                             roll_deg=pose.roll_deg, vehicle_pitch_deg=pose.vehicle_pitch_deg,
                                             range_m=pose.range_m)
+            except ConfigError:  # every frame would fail the same way: stop, with the one-line reason
+                raise
             except Exception as exc:  # one bad frame must not stop the daemon
                 self.errors += 1
                 log.error("frame %d failed: %s", frame.index, exc)

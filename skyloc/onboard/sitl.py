@@ -126,7 +126,8 @@ class SimCamera(Source):
     live = True
 
     def __init__(self, state: SimState, camera_map, home_alt: float, fps: float = 10.0, width: int = 640,
-                 height: int = 360, hfov: float = 60.0, cut: threading.Event | None = None, gimbal: bool = False):
+                 height: int = 360, hfov: float = 60.0, cut: threading.Event | None = None, gimbal: bool = False,
+                 lens=None):
         from skyloc.runtime.geo import GeoMap
 
         self.state, self.home_alt, self.fps = state, home_alt, fps
@@ -135,6 +136,7 @@ class SimCamera(Source):
         t = self.gmap.transform
         self.pix_to_ground = np.array([[t.a, 0, t.c], [0, t.e, t.f], [0, 0, 1]], dtype=np.float64)
         self.size, self.hfov, self.gimbal = (width, height), hfov, gimbal
+        self.lens = lens.scaled(width, height) if lens is not None else None  # a Calibration: render through it
         self.cut = cut or threading.Event()
         left, bottom, right, top = self.gmap.bounds
         self.grid_rotation = self.gmap.geodesy.grid_rotation(
@@ -146,7 +148,7 @@ class SimCamera(Source):
     def read(self) -> Frame | None:
         import cv2
 
-        from skyloc.runtime.camera import Intrinsics, Pose, ground_to_image, looks_at_ground
+        from skyloc.runtime.camera import Intrinsics, Pose, ground_to_image, looks_at_ground, rays_to_ground
 
         while True:
             delay = self.next_t - time.time()
@@ -166,6 +168,12 @@ class SimCamera(Source):
                         roll=roll)
             if pose.altitude < 5.0 or not looks_at_ground(intr, pose):
                 img = np.zeros((self.size[1], self.size[0], 3), np.uint8)  # on the ground: nothing to see
+            elif self.lens is not None:
+                gx, gy, down = rays_to_ground(pose, self.lens.pixel_rays())
+                p = self.pix_to_ground
+                px = np.where(down, (gx - p[0, 2]) / p[0, 0], -1e6).astype(np.float32)
+                py = np.where(down, (gy - p[1, 2]) / p[1, 1], -1e6).astype(np.float32)
+                img = cv2.remap(self.image, px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
             else:
                 h = ground_to_image(intr, pose) @ self.pix_to_ground
                 img = cv2.warpPerspective(self.image, h, self.size, flags=cv2.INTER_LINEAR)
@@ -354,9 +362,14 @@ def run_sitl(cfg: SitlConfig, daemon_config, camera_map, progress=print) -> dict
         daemon_config.status_file = str(out / "status.json")
         daemon_config.log.dir = str(out)
         daemon_config.camera.latency_ms = 0.0  # the sim camera stamps each frame with its capture time
+        lens = None
+        if daemon_config.camera.calibration:  # the simulated camera has the lens the daemon is told of
+            from skyloc.runtime.calibration import load_calibration
+
+            lens = load_calibration(daemon_config.camera.calibration)
         opener = lambda uri: SimCamera(state, camera_map, alt0, fps=min(10.0, daemon_config.max_fps),  # noqa: E731
                                        hfov=daemon_config.camera.hfov_deg, cut=cut,
-                                       gimbal=daemon_config.camera.gimbal)
+                                       gimbal=daemon_config.camera.gimbal, lens=lens)
         daemon = Daemon(daemon_config, opener=opener)
         dthread = threading.Thread(target=daemon.run, name="daemon", daemon=True)
         dthread.start()

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from skyloc.errors import SkylocError
+from skyloc.errors import ConfigError, SkylocError
 
 MODELS = ("pinhole", "fisheye")
 _ROS_MODELS = {"plumb_bob": "pinhole", "rational_polynomial": "pinhole", "radtan": "pinhole",
@@ -55,10 +55,12 @@ class Calibration:
         if (width, height) == (self.width, self.height):
             return self
         if abs(width * self.height - height * self.width) > max(width, height):  # > 1 px of aspect
-            raise SkylocError(f"calibration {self.source} is for {self.width}x{self.height} images but the frames "
+            raise ConfigError(f"calibration {self.source} is for {self.width}x{self.height} images but the frames "
                               f"are {width}x{height} (another aspect ratio: a crop, not a resize): calibrate "
                               "this camera mode")
-        s = np.diag([width / self.width, height / self.height, 1.0])
+        sx, sy = width / self.width, height / self.height
+        # pixel centres sit at whole coordinates: an edge at -0.5 stays at -0.5
+        s = np.array([[sx, 0.0, (sx - 1.0) / 2.0], [0.0, sy, (sy - 1.0) / 2.0], [0.0, 0.0, 1.0]])
         return Calibration(self.model, int(width), int(height), s @ self.K, self.D, self.source)
 
     def undistort_points(self, pts: np.ndarray) -> np.ndarray:

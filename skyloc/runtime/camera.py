@@ -91,6 +91,16 @@ def image_to_ground(intr: Intrinsics, pose: Pose) -> np.ndarray:
     return np.linalg.inv(ground_to_image(intr, pose))
 
 
+def rays_to_ground(pose: Pose, rays_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Where camera rays (normalized x/z, y/z, any shape [..., 2]) meet flat ground: east, north
+    and a mask of the rays that point down (a lens may see the horizon)."""
+    r = world_from_camera(pose)
+    rays = np.concatenate([rays_xy, np.ones(rays_xy.shape[:-1] + (1,))], -1) @ r.T
+    down = rays[..., 2] < -1e-3
+    t = np.where(down, pose.altitude / np.where(down, -rays[..., 2], 1.0), 0.0)
+    return pose.x + t * rays[..., 0], pose.y + t * rays[..., 1], down
+
+
 def project(h: np.ndarray, pts: np.ndarray) -> np.ndarray:
     """Apply a 3x3 homography to [N,2] points."""
     pts = np.asarray(pts, np.float64).reshape(-1, 2)

@@ -79,13 +79,9 @@ def render_view_lens(map_rgb: np.ndarray, transform, cam: Camera, lens) -> np.nd
     of cam.width x cam.height; cam.hfov is not used): each pixel's ray, as the lens bends it,
     meets the flat ground. Rays at or above the horizon (a wide fisheye) stay black."""
     a, _, c, _, e, f = transform[:6]
-    xy = lens.pixel_rays()
-    r = geometry.world_from_camera(cam.pose)
-    rays = np.concatenate([xy, np.ones(xy.shape[:2] + (1,))], -1) @ r.T
-    down = rays[..., 2] < -1e-3
-    t = np.where(down, cam.altitude / np.where(down, -rays[..., 2], 1.0), 0.0)
-    px = np.where(down, (cam.x + t * rays[..., 0] - c) / a, -1e6).astype(np.float32)
-    py = np.where(down, (cam.y + t * rays[..., 1] - f) / e, -1e6).astype(np.float32)
+    gx, gy, down = geometry.rays_to_ground(cam.pose, lens.pixel_rays())
+    px = np.where(down, (gx - c) / a, -1e6).astype(np.float32)
+    py = np.where(down, (gy - f) / e, -1e6).astype(np.float32)
     return cv2.remap(map_rgb, px, py, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
 
 
