@@ -161,12 +161,14 @@ def quantize(
     console.print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB), fingerprint {rep.int8_fingerprint}, "
                   f"quantized from {rep.float_fingerprint} on {rep.calibration_tiles} tiles")
     same = ("not checked (no --cache)" if rep.same_top1 is None
-            else f"same place {rep.same_place:.1%} (same tile {rep.same_top1:.1%})")
+            else f"same place {rep.same_place:.1%} (same tile {rep.same_top1:.1%}); the float model itself "
+                 f"for the views moved by 1 px: {rep.float_nudged_same_place:.1%}")
     console.print(f"check on {rep.check_views} views of the map: cosine to the float model median "
                   f"{rep.cosine_median:.4f}, 5th percentile {rep.cosine_p05:.4f}; retrieval in the cache: {same}")
     if rep.accepts_float_caches:
         console.print(f"[green]it may use caches built with the float model[/green] "
-                      f"(>= {ACCEPT_AGREEMENT:.0%} same place, median cosine >= {ACCEPT_COSINE})")
+                      f"(same place as often as a 1-px move, or >= {ACCEPT_AGREEMENT:.0%}; median cosine >= "
+                      f"{ACCEPT_COSINE})")
     else:
         console.print("[yellow]it refuses caches of the float model[/yellow]: build its own with "
                       f"`skyloc build-cache MAP -m {out} -o AREA.cache`"
