@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.skyloc-installed
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[train,export,dev]"
+	$(PY) -m pip install -q -e ".[train,export,dev,scale]"
 	touch $@
 
 test: $(STAMP)

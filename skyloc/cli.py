@@ -372,7 +372,8 @@ def evaluate(
 
 @app.command("build-cache")
 def build_cache_cmd(
-    map_path: Path = typer.Argument(..., help="GeoTIFF of the area"),
+    map_path: str = typer.Argument(..., help="The area's map: a GeoTIFF/COG/VRT, a GDAL /vsis3/ or /vsicurl/ "
+                                   "address, or a mosaic (a folder of GeoTIFFs, or a .txt of paths)"),
     model: Path = ModelOpt,
     out: Path = typer.Option(..., "--out", "-o", help="Cache directory to write (AREA.cache)"),
     footprint: str = typer.Option("170", help="Tile footprints in metres, one per scale band: 120,170,250"),
@@ -385,8 +386,15 @@ def build_cache_cmd(
     min_valid: float = typer.Option(0.5, help="skip tiles with less than this share of valid map"),
     map_features: bool = typer.Option(True, help="Also store the map's registration features, so that "
                                       "relocalization does not detect them in flight (skyloc map-features)"),
+    on_bad: str = typer.Option("refuse", "--on-bad", help="A mosaic member that is missing or cannot be read: "
+                               "refuse (stop and name it) or skip (map around it)"),
+    ray: Optional[str] = typer.Option(None, "--ray", metavar="ADDRESS", help="Build on a Ray cluster: local "
+                                      "(start one here), auto (the one `ray start` joined) or HOST:PORT; "
+                                      "needs pip install skyloc\\[scale]"),
+    parts: Optional[int] = typer.Option(None, help="with --ray: parts to cut the map into (default: ~4096 "
+                                        "tiles each)"),
 ) -> None:
-    """Embed every tile of a map into a cache (windowed reads, resumable, shardable)."""
+    """Embed every tile of a map into a cache (windowed reads, resumable, shardable, or on Ray)."""
     from skyloc.runtime.geo import parse_bands
     from rich.progress import Progress
 
@@ -396,6 +404,21 @@ def build_cache_cmd(
     sh = parse_shard(shard)
     if not 0 <= overlap < 0.95:
         raise SkylocError(f"--overlap {overlap}: use a value from 0 to 0.95")
+    if ray is not None:
+        from skyloc.ray_build import build_cache_ray
+
+        if sh:
+            raise SkylocError("--shard and --ray: Ray cuts the map into parts itself; give one of them")
+        with Progress(console=console) as p:
+            task = p.add_task("tiles (Ray)", total=None)
+            feats = p.add_task("map features", total=None, visible=False)
+            path = build_cache_ray(map_path, model, out, _parse_footprints(footprint), overlap, batch_size,
+                                   address=ray, backend=backend, bands=parse_bands(bands), nodata=nodata,
+                                   min_valid=min_valid, on_bad=on_bad, map_features=map_features, parts=parts,
+                                   progress=lambda d, n: p.update(task, completed=d, total=n),
+                                   feature_progress=lambda d, n: p.update(feats, completed=d, total=n, visible=True))
+        console.print(describe_cache(path))
+        return
     emb = create_embedder(model, backend)
     with Progress(console=console) as p:
         task = p.add_task("tiles", total=None)
@@ -403,7 +426,8 @@ def build_cache_cmd(
         path = build_cache(map_path, emb, out, _parse_footprints(footprint), overlap, batch_size, sh,
                            progress=lambda d, n: p.update(task, completed=d, total=n), bands=parse_bands(bands),
                            nodata=nodata, min_valid=min_valid, map_features=map_features,
-                           feature_progress=lambda d, n: p.update(feats, completed=d, total=n, visible=True))
+                           feature_progress=lambda d, n: p.update(feats, completed=d, total=n, visible=True),
+                           on_bad=on_bad)
     if (path / "manifest.json").is_file():  # a shard in progress has none yet
         console.print(describe_cache(path))
 
@@ -425,16 +449,17 @@ def map_features_cmd(
 
     from skyloc.runtime.cache import describe_cache
     from skyloc.runtime.features import build_map_features
-    from skyloc.runtime.geo import GeoMap
+    from skyloc.runtime.geo import map_exists, open_map
 
     mf = cache / "manifest.json"
     if not mf.is_file():
         raise SkylocError(f"{cache} is not a finished tile cache (no manifest.json): build it with skyloc build-cache")
     m = json.loads(mf.read_text())
     src = map_path or Path(m["source_map"])
-    if not src.is_file():
+    if not map_exists(src):
         raise SkylocError(f"map {src} not found: pass the cache's map with --map")
-    gmap = GeoMap(src, gsd=m["gsd_m"], bands=tuple(m["bands"]) if m.get("bands") else None, nodata=m.get("nodata"))
+    gmap = open_map(src, gsd=m["gsd_m"], bands=tuple(m["bands"]) if m.get("bands") else None,
+                    nodata=m.get("nodata"), on_bad=m.get("on_bad", "refuse"))
     try:
         gsds = [float(v) for v in gsd.split(",") if v.strip()] if gsd else None
     except ValueError:
@@ -458,6 +483,28 @@ def merge_cache_cmd(
     path = merge_caches(shards, out)
     console.print(f"merged {len(shards)} shards into {path}; store the map's features with "
                   f"`skyloc map-features {path}`")
+
+
+@app.command("index")
+def index_cmd(
+    cache: Path = typer.Argument(..., help="Tile cache directory (skyloc build-cache)"),
+    nlist: Optional[int] = typer.Option(None, help="Inverted lists (default about 4 sqrt(tiles), at most 4096)"),
+    pq: Optional[int] = typer.Option(None, help="PQ sub-quantizers, bytes a tile (default: descriptor size / 8)"),
+    nprobe: int = typer.Option(32, help="Lists searched a query (more: better recall, slower)"),
+) -> None:
+    """Build the cache's approximate index (FAISS IVF-PQ), used for bands of >= 250k tiles."""
+    from rich.progress import Progress
+
+    from skyloc.runtime.cache import TileCache, describe_cache
+    from skyloc.runtime.index import build_index
+
+    if nlist is not None and nlist < 1 or nprobe < 1:
+        raise SkylocError("--nlist and --nprobe must be at least 1")
+    tc = TileCache.load(cache)
+    with Progress(console=console) as p:
+        task = p.add_task("index", total=len(tc))
+        build_index(tc, nlist=nlist, pq_m=pq, nprobe=nprobe, progress=lambda d, n: p.update(task, completed=d))
+    console.print(describe_cache(cache))
 
 
 DemOpt = typer.Option(None, "--dem", help="Elevation model GeoTIFF (any CRS): the altitude above home becomes the "

@@ -44,7 +44,9 @@ class LocalizerSettings(_Strict):
                                      "has measured it (1-sigma)")
     compass_warn_deg: float = Field(10.0, gt=0, description="STATUSTEXT when the compass disagrees with the map by more")
     top_k: int = Field(10, ge=1, description="retrieval candidates during relocalization")
-    faiss: bool = False
+    search: Literal["auto", "exact", "index"] = Field("auto", description="whole-map search: exact, or the "
+                                                      "cache's index (`skyloc index`); auto: the index on bands of "
+                                                      ">= 250k tiles")
 
 
 class MavlinkConfig(_Strict):
@@ -103,7 +105,7 @@ class DaemonConfig(_Strict):
                       attitude_sigma_deg=ls.attitude_sigma_deg, altitude_range_m=ls.altitude_range_m,
                       dem=ls.dem, home_elevation_m=ls.home_elevation_m,
                       bias=BiasConfig(compass_sigma_deg=ls.compass_sigma_deg),
-                      relocalization=RelocalizationConfig(top_k=ls.top_k))
+                      relocalization=RelocalizationConfig(top_k=ls.top_k, search=ls.search))
         return LocalizerConfig(**fields)
 
     def open_localizer(self, config=None):
@@ -113,7 +115,7 @@ class DaemonConfig(_Strict):
 
         return Localizer.open(self.model, self.cache, self.map, config or self.localizer_config(),
                               backend=self.backend, engine_cache=self.engine_cache, precision=self.precision,
-                              use_faiss=self.localizer.faiss, map_nodata=self.map_nodata, start=self.localizer.start)
+                              map_nodata=self.map_nodata, start=self.localizer.start)
 
     @classmethod
     def load(cls, path: str | Path) -> "DaemonConfig":

@@ -19,7 +19,7 @@ import numpy as np
 
 from skyloc.errors import ModelMismatchError, SkylocError
 from skyloc.runtime.embedder import Embedder, embed_images
-from skyloc.runtime.geo import Geodesy, GeoMap
+from skyloc.runtime.geo import Geodesy, GeoMap, open_map
 from skyloc.runtime.metadata import ModelMeta
 
 log = logging.getLogger("skyloc.cache")
@@ -73,6 +73,15 @@ def valid_share(gmap: GeoMap, tiles: np.ndarray) -> np.ndarray:
     return out
 
 
+def plan_tiles(gmap: GeoMap, footprints_m: list[float], overlap: float, min_valid: float) -> tuple[np.ndarray, int]:
+    """The tiles a cache of this map holds, in their fixed order, and how many were skipped as nodata."""
+    tiles = TilingPlan([float(f) for f in footprints_m], overlap).tiles(gmap)
+    keep = valid_share(gmap, tiles) >= min_valid
+    if not keep.any():
+        raise SkylocError(f"{gmap.path}: every tile is mostly nodata; check --nodata/--bands or the map")
+    return tiles[keep], int((~keep).sum())
+
+
 def _manifest(meta: ModelMeta, gmap: GeoMap, plan: TilingPlan, n: int, shard: tuple[int, int] | None,
               skipped: int) -> dict:
     return {
@@ -80,7 +89,7 @@ def _manifest(meta: ModelMeta, gmap: GeoMap, plan: TilingPlan, n: int, shard: tu
         "model_name": meta.model_name,
         "model_fingerprint": meta.fingerprint,
         "embedding_dim": meta.embedding_dim,
-        "source_map": str(gmap.path.resolve()),
+        "source_map": gmap.uri if getattr(gmap, "remote", False) else str(gmap.path.resolve()),
         "source_sha256": gmap.sha256,
         "crs": gmap.crs.to_string(),
         "gsd_m": gmap.gsd,
@@ -93,6 +102,8 @@ def _manifest(meta: ModelMeta, gmap: GeoMap, plan: TilingPlan, n: int, shard: tu
         "colour": gmap.colour,
         "nodata": gmap.nodata_override,
         "shard": list(shard) if shard else None,
+        **({"mosaic_members": len(gmap.members), "mosaic_skipped": [Path(s).name for s in gmap.skipped],
+            "on_bad": gmap.on_bad} if hasattr(gmap, "members") else {}),
     }
 
 
@@ -100,7 +111,7 @@ def build_cache(map_path: str | Path, embedder: Embedder, out: str | Path, footp
                 overlap: float = 0.5, batch_size: int = 32, shard: tuple[int, int] | None = None,
                 progress=None, stop_after: int | None = None, bands: tuple[int, ...] | None = None,
                 nodata: float | None = None, min_valid: float = 0.5, map_features: bool = True,
-                feature_progress=None) -> Path:
+                feature_progress=None, on_bad: str = "refuse") -> Path:
     """Embed every tile of the map. Interrupted builds resume from the last finished batch.
 
     map_features: also store the map's registration features (`skyloc.runtime.features`), so
@@ -110,16 +121,13 @@ def build_cache(map_path: str | Path, embedder: Embedder, out: str | Path, footp
     Tiles with less than `min_valid` of valid map (nodata, alpha, or the `nodata` override) are
     skipped; the manifest counts them. shard=(i, n) builds only the i-th of n contiguous slices
     (merge them with `merge_caches`). stop_after (tests) stops after that many tiles, as an
-    interruption would.
+    interruption would. The map may be a mosaic (`open_map`); on_bad says what to do with a
+    member that cannot be read (refuse, or skip and leave its area out).
     """
-    gmap = GeoMap(map_path, bands=bands, nodata=nodata)
+    opened = not isinstance(map_path, (str, Path))  # an open map (a worker building many shards)
+    gmap = map_path if opened else open_map(map_path, bands=bands, nodata=nodata, on_bad=on_bad)
     plan = TilingPlan([float(f) for f in footprints_m], overlap)
-    tiles = plan.tiles(gmap)
-    keep = valid_share(gmap, tiles) >= min_valid
-    skipped = int((~keep).sum())
-    tiles = tiles[keep]
-    if len(tiles) == 0:
-        raise SkylocError(f"{gmap.path}: every tile is mostly nodata; check --nodata/--bands or the map")
+    tiles, skipped = plan_tiles(gmap, plan.footprints_m, overlap, min_valid)
     if shard:
         i, n = shard
         if not 0 <= i < n:
@@ -170,7 +178,8 @@ def build_cache(map_path: str | Path, embedder: Embedder, out: str | Path, footp
         from skyloc.runtime.features import build_map_features
 
         build_map_features(out, gmap, progress=feature_progress)
-    gmap.close()
+    if not opened:
+        gmap.close()
     return out
 
 
@@ -190,7 +199,19 @@ def merge_caches(shards: list[str | Path], out: str | Path) -> Path:
         raise SkylocError(f"shards {got} given, but {total} make up the cache: pass all of them")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    np.save(out / "embeddings.npy", np.concatenate([np.asarray(c.embeddings) for c in loaded]))
+    total_tiles = sum(len(c) for c in loaded)
+    # streamed shard by shard into the memory map: a 10M-tile cache never sits in RAM
+    emb = np.lib.format.open_memmap(out / "embeddings.partial.npy", "w+", np.float16,
+                                    (total_tiles, int(ref["embedding_dim"])))
+    at = 0
+    for c in loaded:
+        for a in range(0, len(c), 262144):
+            block = np.asarray(c.embeddings[a:a + 262144])
+            emb[at:at + len(block)] = block
+            at += len(block)
+    emb.flush()
+    del emb
+    (out / "embeddings.partial.npy").replace(out / "embeddings.npy")
     np.save(out / "tiles.npy", np.concatenate([np.asarray(c.tiles) for c in loaded]))
     manifest = {**ref, "tiles": int(sum(len(c) for c in loaded)), "shard": None}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -272,6 +293,11 @@ def describe_cache(path: str | Path) -> str:
     for level in sorted((Path(path) / "map_features").glob("g*/manifest.json")):
         lm = json.loads(level.read_text())
         feats.append(f"{lm.get('features_total', 0)} at {lm.get('gsd_m', 0):.2f} m/px")
+    index, index_text = Path(path) / "index" / "manifest.json", "no index (skyloc index)"
+    if index.is_file():
+        im = json.loads(index.read_text())
+        size = sum(f.stat().st_size for f in (Path(path) / "index").glob("*.faiss")) / 1e6
+        index_text = f"index {', '.join(e['factory'] for e in im['bands'].values())} ({size:.0f} MB)"
     return (f"{path}: {m['tiles']} tiles ({m['skipped_tiles']} skipped as mostly nodata), {m['embedding_dim']}-d, "
             f"footprints {m['footprints_m']} m, {m['colour']} map, model {m['model_name']} ({m['model_fingerprint']}); "
-            f"map features: {', '.join(feats) if feats else 'none stored (skyloc map-features)'}")
+            f"map features: {', '.join(feats) if feats else 'none stored (skyloc map-features)'}; {index_text}")

@@ -148,9 +148,10 @@ class TensorRTEmbedder:
 
 
 def create_embedder(model_path: str | Path, backend: str = "auto", engine_cache: str | Path | None = None,
-                    precision: str = "fp16", max_batch: int = 8) -> Embedder:
+                    precision: str = "fp16", max_batch: int = 8, threads: int = 0) -> Embedder:
     """Open a model by path: `.engine` runs natively; `.onnx` on ONNX Runtime, or as a TensorRT
-    engine built on first use and cached in `engine_cache` (backend='tensorrt')."""
+    engine built on first use and cached in `engine_cache` (backend='tensorrt').
+    threads: ONNX Runtime's CPU threads (0: all cores; one per worker when several share a machine)."""
     path = Path(model_path)
     if not path.exists():
         raise SkylocError(f"model not found: {path} (export one with `skyloc export`)")
@@ -163,4 +164,4 @@ def create_embedder(model_path: str | Path, backend: str = "auto", engine_cache:
 
         engine = build_engine(path, cache_dir=engine_cache, precision=precision, max_batch=max_batch)
         return TensorRTEmbedder(engine, max_batch=max_batch)
-    return OnnxEmbedder(path)
+    return OnnxEmbedder(path, threads=threads)

@@ -102,16 +102,16 @@ def _store_manifest(gmap: GeoMap, gsd: float) -> dict:
 
 
 def _map_identity(gmap: GeoMap) -> dict:
-    st = gmap.path.stat()
-    return {"map_sha256": gmap.sha256, "map_bytes": st.st_size, "map_mtime_ns": st.st_mtime_ns}
+    size, mtime = gmap.file_stamp()
+    return {"map_sha256": gmap.sha256, "map_bytes": size, "map_mtime_ns": mtime}
 
 
 def _same_map(manifest: dict, gmap: GeoMap) -> bool:
     """The file's size and time, else (a copied map has a new time) its sha256."""
-    st = gmap.path.stat()
-    if manifest.get("map_bytes") != st.st_size:
+    size, mtime = gmap.file_stamp()
+    if manifest.get("map_bytes") != size:
         return False
-    return manifest.get("map_mtime_ns") == st.st_mtime_ns or manifest.get("map_sha256") == gmap.sha256
+    return manifest.get("map_mtime_ns") == mtime or manifest.get("map_sha256") == gmap.sha256
 
 
 def level_name(gsd: float) -> str:

@@ -70,20 +70,26 @@ class GeoMap:
     """
 
     def __init__(self, path: str | Path, gsd: float | None = None, bands: tuple[int, ...] | None = None,
-                 nodata: float | None = None):
+                 nodata: float | None = None, crs: str | None = None):
         import rasterio
         from rasterio.enums import ColorInterp
         from rasterio.vrt import WarpedVRT
         from rasterio.warp import calculate_default_transform, transform as warp_transform
 
+        self.uri = str(path)  # GDAL's /vsis3/, /vsicurl/ ... addresses pass through unchanged
         self.path = Path(path)
-        if not self.path.is_file():
+        self.remote = self.uri.startswith("/vsi")
+        if not self.remote and not self.path.is_file():
             raise SkylocError(f"map not found: {self.path}")
         try:
-            self._src = rasterio.open(self.path)
+            self._src = rasterio.open(self.uri)
         except Exception as exc:
-            raise SkylocError(f"cannot open map {self.path}: {str(exc).splitlines()[0]}") from None
+            raise SkylocError(f"cannot open map {self.uri}: {str(exc).splitlines()[0]}") from None
         src = self._src
+        missing = [f for f in src.files[1:] if not f.startswith("/vsi") and not Path(f).exists()]
+        if missing:  # a VRT whose member files moved: GDAL would fail on the first read there
+            raise SkylocError(f"{self.path} refers to {len(missing)} missing file(s), first {missing[0]}: restore "
+                              "them, or map the folder of GeoTIFFs as a mosaic (--on-bad skip maps around gaps)")
         if src.crs is None or src.transform.is_identity:
             raise SkylocError(f"{self.path} has no georeference (CRS/geotransform): use a GeoTIFF, or add one "
                               "with gdal_translate -a_srs/-a_ullr")
@@ -101,12 +107,14 @@ class GeoMap:
         t = src.transform
         north_up = abs(t.b) < 1e-12 and abs(t.d) < 1e-12 and t.e < 0
         metric = src.crs.is_projected and abs(src.crs.linear_units_factor[1] - 1.0) < 1e-9
-        if north_up and metric and (gsd is None or abs(gsd - t.a) < 1e-9) and abs(abs(t.e) - t.a) < 1e-6 * t.a:
+        same_crs = crs is None or src.crs == rasterio.crs.CRS.from_user_input(crs)
+        if (north_up and metric and same_crs and (gsd is None or abs(gsd - t.a) < 1e-9)
+                and abs(abs(t.e) - t.a) < 1e-6 * t.a):
             self.ds = src
         else:
             cx, cy = src.xy(src.height // 2, src.width // 2)
             lon, lat = warp_transform(src.crs, "EPSG:4326", [cx], [cy])
-            dst_crs = src.crs if metric else utm_crs_for(lat[0], lon[0])
+            dst_crs = crs if crs is not None else src.crs if metric else utm_crs_for(lat[0], lon[0])
             res = gsd or None
             transform, width, height = calculate_default_transform(
                 src.crs, dst_crs, src.width, src.height, *src.bounds, resolution=res)
@@ -169,11 +177,22 @@ class GeoMap:
 
     @cached_property
     def sha256(self) -> str:
+        """The file's content hash; a remote (/vsi...) map is named by its address and grid instead."""
         h = hashlib.sha256()
+        if self.remote:
+            h.update(f"{self.uri} {self._src.width}x{self._src.height} {tuple(self._src.transform)}".encode())
+            return h.hexdigest()
         with open(self.path, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 22), b""):
                 h.update(chunk)
         return h.hexdigest()
+
+    def file_stamp(self) -> tuple[int, int]:
+        """(bytes, mtime ns) of the file: a cheap "has it changed" check before hashing."""
+        if self.remote:
+            return 0, 0
+        st = self.path.stat()
+        return st.st_size, st.st_mtime_ns
 
     def pixel_to_xy(self, col: float, row: float) -> tuple[float, float]:
         t = self.transform
@@ -217,14 +236,18 @@ class GeoMap:
             return out, valid
         win = Window(cc0, rr0, cc1 - cc0, rr1 - rr0)
         shape = (oy1 - oy0, ox1 - ox0)
-        data = self.ds.read(list(self.bands), window=win, out_shape=(len(self.bands), *shape),
-                            resampling=Resampling.bilinear)
-        if self.nodata_override is not None:
-            near = self.ds.read(list(self.bands), window=win, out_shape=(len(self.bands), *shape),
-                                resampling=Resampling.nearest)
-            ok = self._valid(near, win, shape, Resampling.nearest)
-        else:
-            ok = self._valid(data, win, shape, Resampling.nearest)
+        try:
+            data = self.ds.read(list(self.bands), window=win, out_shape=(len(self.bands), *shape),
+                                resampling=Resampling.bilinear)
+            if self.nodata_override is not None:
+                near = self.ds.read(list(self.bands), window=win, out_shape=(len(self.bands), *shape),
+                                    resampling=Resampling.nearest)
+                ok = self._valid(near, win, shape, Resampling.nearest)
+            else:
+                ok = self._valid(data, win, shape, Resampling.nearest)
+        except Exception as exc:  # rasterio's IO errors: a truncated or corrupt file
+            raise SkylocError(f"cannot read {self.uri} near x={x:.0f} y={y:.0f}: {str(exc).splitlines()[0]} "
+                              "(the file is damaged: fetch it again)") from None
         img = np.transpose(self._to8(data), (1, 2, 0))
         out[oy0:oy1, ox0:ox1] = img if img.shape[2] == 3 else np.repeat(img, 3, axis=2)
         valid[oy0:oy1, ox0:ox1] = ok
@@ -266,6 +289,24 @@ class GeoMap:
         if self.ds is not self._src:
             self.ds.close()
         self._src.close()
+
+
+def map_exists(path: str | Path) -> bool:
+    """A map file, a mosaic's folder or list, or a GDAL /vsi... address (checked when opened)."""
+    return str(path).startswith("/vsi") or Path(path).exists()
+
+
+def open_map(path: str | Path, gsd: float | None = None, bands: tuple[int, ...] | None = None,
+             nodata: float | None = None, on_bad: str = "refuse"):
+    """A map as users have it: one raster (GeoTIFF, COG, GDAL VRT, /vsis3/... address), or a
+    mosaic (a folder of GeoTIFFs, or a .txt listing one raster per line), read the same way.
+    on_bad ("refuse" or "skip") says what a mosaic does with a member it cannot read."""
+    p = str(path)
+    if Path(p).is_dir() or p.lower().endswith(".txt"):
+        from skyloc.runtime.mosaic import MosaicMap
+
+        return MosaicMap(path, gsd=gsd, bands=bands, nodata=nodata, on_bad=on_bad)
+    return GeoMap(path, gsd=gsd, bands=bands, nodata=nodata)
 
 
 def crop_geotiff(src: str | Path, dst: str | Path, x0: float, x1: float, y0: float = 0.0, y1: float = 1.0) -> Path:

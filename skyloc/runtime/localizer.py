@@ -104,7 +104,7 @@ class Localizer:
         """The one way to set a localizer up: the model (.onnx or .engine, or an embedder already
         open), a tile cache made with that model (refused otherwise; a path or one already
         loaded, which is checked too), the cache's map (default: the manifest's); `options` as
-        for the constructor (start, map_nodata, map_bands, use_faiss)."""
+        for the constructor (start, map_nodata, map_bands)."""
         embedder = create_embedder(model, backend, engine_cache=engine_cache, precision=precision) \
             if isinstance(model, (str, Path)) else model
         if isinstance(cache, TileCache):
@@ -114,18 +114,19 @@ class Localizer:
         return cls(embedder, cache, config, map_path=map_path, **options)
 
     def __init__(self, embedder: Embedder | None, cache: TileCache, config: LocalizerConfig | None = None,
-                 map_path: str | Path | None = None, use_faiss: bool = False, map_nodata: float | None = None,
+                 map_path: str | Path | None = None, map_nodata: float | None = None,
                  map_bands: tuple[int, ...] | None = None, start: tuple[float, float, float] | None = None):
-        from skyloc.runtime.geo import GeoMap
+        from skyloc.runtime.geo import map_exists, open_map
 
         self.embedder, self.cache = embedder, cache
         self.cfg = config or LocalizerConfig()
         src = Path(map_path or cache.manifest["source_map"])
-        if not src.is_file():
-            raise SkylocError(f"map {src} not found: registration needs the cache's GeoTIFF (pass --map)")
+        if not map_exists(src):
+            raise SkylocError(f"map {src} not found: registration needs the cache's map (pass --map)")
         nodata = map_nodata if map_nodata is not None else cache.manifest.get("nodata")
         bands = map_bands or (tuple(cache.manifest["bands"]) if cache.manifest.get("bands") else None)
-        self.map = GeoMap(src, gsd=cache.manifest["gsd_m"], bands=bands, nodata=nodata)
+        self.map = open_map(src, gsd=cache.manifest["gsd_m"], bands=bands, nodata=nodata,
+                            on_bad=cache.manifest.get("on_bad", "refuse"))
         if self.cfg.yaw_flip_ok:
             self.cfg.registration.yaw_flip_ok = True
         self.map_sigma = self.cfg.map_accuracy_m if self.cfg.map_accuracy_m is not None else max(0.5, self.map.gsd / 2)
@@ -135,7 +136,7 @@ class Localizer:
         self.registration.stored = open_store(Path(cache.path) / "map_features", self.map)
         for gsd, level in self.registration.stored.items():
             log.info("map features at %.2f m/px from %s (%d)", gsd, level.path, len(level.xy))
-        self.relocalizer = Relocalizer(embedder, cache, self.registration, self.cfg.relocalization, use_faiss) \
+        self.relocalizer = Relocalizer(embedder, cache, self.registration, self.cfg.relocalization) \
             if embedder is not None else None
         if self.cfg.altitude_range_m:
             self.cfg.bias.no_height_range = tuple(float(v) for v in self.cfg.altitude_range_m)

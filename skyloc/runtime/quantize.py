@@ -29,7 +29,7 @@ import numpy as np
 from skyloc.errors import SkylocError
 from skyloc.runtime.cache import TilingPlan, TileCache, valid_share
 from skyloc.runtime.embedder import OnnxEmbedder, embed_images
-from skyloc.runtime.geo import GeoMap
+from skyloc.runtime.geo import GeoMap, open_map
 from skyloc.runtime.metadata import ModelMeta, read_onnx_meta
 from skyloc.runtime.preprocess import preprocess_batch
 
@@ -157,13 +157,13 @@ def quantize_model(src: str | Path, out: str | Path, cache: str | Path | None = 
     if cache is not None:
         tile_cache = TileCache.load(cache, meta)  # a cache of another model is refused here
         m = tile_cache.manifest
-        gmap = GeoMap(map_path or m["source_map"], bands=tuple(m["bands"]) if bands is None else bands,
-                      nodata=m.get("nodata") if nodata is None else nodata)
+        gmap = open_map(map_path or m["source_map"], bands=tuple(m["bands"]) if bands is None else bands,
+                        nodata=m.get("nodata") if nodata is None else nodata, on_bad=m.get("on_bad", "refuse"))
         tiles = np.asarray(tile_cache.tiles)
     else:
         if map_path is None or not footprints_m:
             raise SkylocError("quantize needs the map to calibrate on: give --cache, or --map with --footprint")
-        gmap = GeoMap(map_path, bands=bands, nodata=nodata)
+        gmap = open_map(map_path, bands=bands, nodata=nodata)
         tiles = TilingPlan([float(f) for f in footprints_m]).tiles(gmap)
         tiles = tiles[valid_share(gmap, tiles) >= 0.5]
     if len(tiles) < 2:

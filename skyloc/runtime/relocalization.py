@@ -31,6 +31,7 @@ class RelocalizationConfig:
     radius_footprints: float = 1.0  # search radius around a retrieved tile's centre, in tile footprints
     heading_step_deg: float = 45.0  # an uncertain heading is queried at headings this far apart
     heights_per_try: int = 2  # without altitude, heights tried per attempt (the next attempts try the next)
+    search: str = "auto"  # exact | index | auto: the cache's index for bands it wins on (skyloc.runtime.matcher)
 
 
 @dataclass
@@ -44,10 +45,10 @@ class Relocalization:
 
 class Relocalizer:
     def __init__(self, embedder: Embedder, cache: TileCache, registration: MapRegistration | None,
-                 config: RelocalizationConfig | None = None, use_faiss: bool = False):
+                 config: RelocalizationConfig | None = None):
         self.embedder, self.cache, self.registration = embedder, cache, registration
         self.cfg = config or RelocalizationConfig()
-        self.matcher = Matcher(cache, use_faiss=use_faiss)
+        self.matcher = Matcher(cache, self.cfg.search)
 
     def band(self, ground_m: float | None) -> int | None:
         """The cache's scale band whose tile footprint is closest to what the frame covers."""
