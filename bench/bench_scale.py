@@ -61,8 +61,8 @@ def real_descriptors(out: Path) -> np.ndarray:
 
 
 def perturb(rng: np.random.Generator, rows: np.ndarray) -> np.ndarray:
-    noisy = rows + rng.standard_normal(rows.shape).astype(np.float32) * (NOISE / np.sqrt(rows.shape[1]))
-    return noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+    noisy = rows + rng.standard_normal(rows.shape).astype(np.float32) * np.float32(NOISE / np.sqrt(rows.shape[1]))
+    return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
 
 
 def make_cache(out: Path, n: int, base: np.ndarray) -> Path:
@@ -110,7 +110,7 @@ def child(mode: str, cache_path: Path, qfile: Path, k: int) -> dict:
     from skyloc.runtime.matcher import Matcher
 
     faiss.omp_set_num_threads(os.cpu_count() or 1)
-    q = np.load(qfile)
+    q = np.load(qfile).astype(np.float32)  # as the localizer's descriptors are
     t0 = time.perf_counter()
     cache = TileCache.load(cache_path)
     if mode == "before":  # what skyloc's matcher did until now: a float32 copy of the band, numpy gemv

@@ -393,6 +393,8 @@ def build_cache_cmd(
                                       "needs pip install skyloc\\[scale]"),
     parts: Optional[int] = typer.Option(None, help="with --ray: parts to cut the map into (default: ~4096 "
                                         "tiles each)"),
+    index: Optional[bool] = typer.Option(None, "--index/--no-index", help="Also build the approximate index "
+                                         "(skyloc index); default: when a band has >= 250k tiles"),
 ) -> None:
     """Embed every tile of a map into a cache (windowed reads, resumable, shardable, or on Ray)."""
     from skyloc.runtime.geo import parse_bands
@@ -417,6 +419,7 @@ def build_cache_cmd(
                                    min_valid=min_valid, on_bad=on_bad, map_features=map_features, parts=parts,
                                    progress=lambda d, n: p.update(task, completed=d, total=n),
                                    feature_progress=lambda d, n: p.update(feats, completed=d, total=n, visible=True))
+        _index_after_build(path, index)
         console.print(describe_cache(path))
         return
     emb = create_embedder(model, backend)
@@ -429,7 +432,26 @@ def build_cache_cmd(
                            feature_progress=lambda d, n: p.update(feats, completed=d, total=n, visible=True),
                            on_bad=on_bad)
     if (path / "manifest.json").is_file():  # a shard in progress has none yet
+        if not sh:  # a shard's index would not survive merge-cache: index the merged cache
+            _index_after_build(path, index)
         console.print(describe_cache(path))
+
+
+def _index_after_build(path: Path, wanted: Optional[bool]) -> None:
+    """The index for whole-map search, built with the cache when asked or when a band is large."""
+    import numpy as np
+    from rich.progress import Progress
+
+    from skyloc.runtime.cache import TileCache
+    from skyloc.runtime.index import INDEX_MIN_TILES, build_index
+
+    cache = TileCache.load(path)
+    if wanted is None:
+        wanted = int(np.bincount(np.asarray(cache.tiles["band"])).max()) >= INDEX_MIN_TILES
+    if wanted:
+        with Progress(console=console) as p:
+            task = p.add_task("index", total=len(cache))
+            build_index(cache, progress=lambda d, n: p.update(task, completed=d))
 
 
 @app.command("map-features")
@@ -482,7 +504,7 @@ def merge_cache_cmd(
 
     path = merge_caches(shards, out)
     console.print(f"merged {len(shards)} shards into {path}; store the map's features with "
-                  f"`skyloc map-features {path}`")
+                  f"`skyloc map-features {path}` (and index a large one with `skyloc index {path}`)")
 
 
 @app.command("index")

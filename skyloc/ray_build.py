@@ -33,8 +33,6 @@ def connect(address: str):
         import ray
     except ImportError:
         raise SkylocError('--ray needs Ray: pip install "skyloc[scale]"') from None
-    if ray.is_initialized():
-        return ray
     if address not in ("local", "auto"):
         hostport = address.split("://", 1)[-1]
         host, _, port = hostport.rpartition(":")
@@ -45,6 +43,8 @@ def connect(address: str):
         except OSError as exc:
             raise SkylocError(f"Ray cluster at {address} does not answer ({exc.strerror or exc}): start it "
                               "with `ray start --head`, or use --ray local") from None
+    if ray.is_initialized():  # this process has joined one already (tests, notebooks)
+        return ray
     try:
         ray.init(address=address, log_to_driver=False,
                  logging_level=logging.WARNING, include_dashboard=False)

@@ -218,6 +218,17 @@ def merge_caches(shards: list[str | Path], out: str | Path) -> Path:
     return out
 
 
+def advise(emb: np.ndarray, pattern: str) -> None:
+    """Tell the kernel how a memory-mapped array will be read. The runtime reads scattered rows
+    (windows, re-ranking, digests): "random" stops read-ahead from pulling most of a 10 GB file
+    into the resident set; a build streaming it whole asks for "sequential"."""
+    import mmap
+
+    m = getattr(emb, "_mmap", None)
+    if isinstance(m, mmap.mmap):
+        m.madvise(mmap.MADV_RANDOM if pattern == "random" else mmap.MADV_SEQUENTIAL)
+
+
 class TileCache:
     """A loaded cache: memory-mapped embeddings, the tile table and the manifest."""
 
@@ -261,6 +272,7 @@ class TileCache:
                               f"({n} tiles of {manifest['embedding_dim']}): the cache is truncated, rebuild it")
         if tiles.dtype != TILE_DTYPE:
             raise SkylocError(f"{path}/tiles.npy has an unknown layout: rebuild the cache")
+        advise(emb, "random")
         cache = cls(path, manifest, emb, tiles)
         if meta is not None:
             cache.check_model(meta)

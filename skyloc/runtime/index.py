@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -34,7 +35,15 @@ def embeddings_digest(emb: np.ndarray) -> str:
     n = emb.shape[0]
     rows = np.unique(np.linspace(0, n - 1, min(n, 4096)).astype(np.int64)) if n else np.zeros(0, np.int64)
     h = hashlib.sha256(str(tuple(emb.shape)).encode())
-    h.update(np.ascontiguousarray(emb[rows], dtype=np.float16).tobytes())
+    if isinstance(emb, np.memmap) and emb.dtype == np.float16:
+        # pread, not the memory map: faulting 4096 scattered rows in maps most of the file
+        # into the resident set (the kernel maps cached pages around each fault)
+        size = emb.shape[1] * 2
+        with open(emb.filename, "rb", buffering=0) as f:
+            for r in rows:
+                h.update(os.pread(f.fileno(), size, emb.offset + int(r) * size))
+    else:
+        h.update(np.ascontiguousarray(emb[rows], dtype=np.float16).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -50,10 +59,11 @@ def build_index(cache, nlist: int | None = None, pq_m: int | None = None, nprobe
 
     progress(done, total) is called as tiles are added. pq_m sub-quantizers of 8 bits (default:
     one per 8 dimensions): 64 bytes a tile for 512-d descriptors, 640 MB for 10M tiles."""
-    from skyloc.runtime.cache import TileCache
+    from skyloc.runtime.cache import TileCache, advise
 
     cache = cache if isinstance(cache, TileCache) else TileCache.load(cache)
     emb = cache.embeddings
+    advise(emb, "sequential")
     d = emb.shape[1]
     pq_m = pq_m or max(1, d // 8)
     if d % pq_m:

@@ -10,7 +10,7 @@ Inside a search window (tracking) the window's rows are scored exactly either wa
 from __future__ import annotations
 
 import logging
-import mmap
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Literal
@@ -104,6 +104,7 @@ class _Band:
     def __init__(self, cache: TileCache, index: np.ndarray, cell: float, approx):
         self.cache, self.index, self.approx, self.cell = cache, index, approx, cell
         self.rows: np.ndarray | None = None  # float16 [n, d] inside FAISS's store, when exact
+        self._fd: int | None = None  # the embeddings file, for re-ranking rows through an index
         self.exact = None
         if approx is None:
             d = cache.embeddings.shape[1]
@@ -114,10 +115,6 @@ class _Band:
             self.rows = store.view(np.float16).reshape(len(index), d)
             _read_rows(cache, index, self.rows)
             self.exact.ntotal = len(index)
-        elif isinstance(getattr(cache.embeddings, "_mmap", None), mmap.mmap):
-            # re-ranking reads a few hundred scattered rows: without this, the kernel's read-ahead
-            # would pull most of a 10 GB file into this process's resident set
-            cache.embeddings._mmap.madvise(mmap.MADV_RANDOM)
 
     @cached_property
     def grid(self) -> _Grid:
@@ -127,10 +124,22 @@ class _Band:
         return _Grid(xy, self.cell)
 
     def exact_rows(self, local: np.ndarray) -> np.ndarray:
-        """float32 rows of these band positions (from FAISS's store, else the memory map)."""
+        """float32 rows of these band positions (from FAISS's store, else read from the file)."""
         if self.rows is not None:
             return self.rows[local].astype(np.float32)
-        return np.asarray(self.cache.embeddings[self.index[local]], dtype=np.float32)
+        emb = self.cache.embeddings
+        if not (isinstance(emb, np.memmap) and emb.dtype == np.float16):
+            return np.asarray(emb[self.index[local]], dtype=np.float32)
+        # pread, not the memory map: the kernel maps the cached pages around every fault, and
+        # a few hundred scattered rows a query would soon map most of a 10 GB file into RSS
+        if self._fd is None:
+            self._fd = os.open(emb.filename, os.O_RDONLY)
+        size = emb.shape[1] * 2
+        out = np.empty((len(local), emb.shape[1]), np.float16)
+        buf = out.reshape(-1).view(np.uint8)
+        for j, r in enumerate(self.index[local]):
+            buf[j * size:(j + 1) * size] = np.frombuffer(os.pread(self._fd, size, emb.offset + int(r) * size), np.uint8)
+        return out.astype(np.float32)
 
     def top(self, q: np.ndarray, k: int, rerank: int) -> tuple[np.ndarray, np.ndarray]:
         """Best k band positions over the whole band, and their exact scores."""
