@@ -3,7 +3,7 @@
     python bench/bench_ray.py [--out bench_out/ray] [--tiles 50000]
 
 The map: a 2 km synthetic world at 0.5 m/px cut into 16 GeoTIFFs, every second column in the
-next UTM zone (EPSG:32633 beside 32632), as a region straddling a zone boundary is delivered.
+next UTM zone (EPSG:32632 beside 32631), as a region straddling a zone boundary is delivered.
 The model: the hard flight's (bench_telemetry, mlr_convnext_atto, 128 px). The cluster: this
 machine, started with `ray start --head` and joined with `--ray auto`, as a user would.
 
@@ -63,7 +63,11 @@ def main() -> None:
     if not region.is_dir():
         whole = write_geotiff(generate(4096, 0.5, seed=21, season="summer", lat=52.2, lon=0.12), out / "whole.tif",
                               bands=1)
-        write_mosaic(whole, region, 4, 4, other_crs="EPSG:32633")
+        import rasterio
+
+        with rasterio.open(whole) as src:
+            epsg = src.crs.to_epsg()
+        write_mosaic(whole, region, 4, 4, other_crs=f"EPSG:{epsg + 1}")  # the next UTM zone east
     gmap = open_map(region)
     print(f"map: {gmap.describe()}", flush=True)
     footprints = [160.0, 220.0]

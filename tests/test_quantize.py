@@ -23,7 +23,9 @@ def test_int8_model_checked_on_the_cache_uses_it_and_finds_the_first_fix(int8, o
     meta, float_meta = read_onnx_meta(path), read_onnx_meta(onnx_model)
     assert meta.precision == "int8" and meta.quantized_from == float_meta.fingerprint
     assert meta.fingerprint != float_meta.fingerprint
-    assert report.cosine_median >= 0.98 and report.same_place >= 0.95, report
+    # the check's rule: INT8 moves the retrieved places no more than a 1-px shift of the views moves
+    # the float model's own (a fixed share failed NAIP's 0.9998-cosine model)
+    assert report.cosine_median >= 0.98 and report.same_place >= report.float_nudged_same_place, report
     assert report.accepts_float_caches and meta.accepts_caches_of == (float_meta.fingerprint,)
     emb = create_embedder(path, backend="onnxruntime")  # the daemon's `backend: onnxruntime`
     res = replay_flight(flight, Localizer(emb, TileCache.load(heldout_cache, emb.meta), LocalizerConfig()))
