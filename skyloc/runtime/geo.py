@@ -56,7 +56,43 @@ def parse_bands(text: str | None) -> tuple[int, ...] | None:
     return bands
 
 
-class GeoMap:
+class WholeMapReads:
+    """What every map kind shares, built on its transform (north-up), width/height/gsd and
+    read_window_masked."""
+
+    def pixel_to_xy(self, col: float, row: float) -> tuple[float, float]:
+        t = self.transform
+        return t.c + col * t.a, t.f + row * t.e
+
+    def xy_to_pixel(self, x: float, y: float) -> tuple[float, float]:
+        t = self.transform
+        return (x - t.c) / t.a, (y - t.f) / t.e
+
+    def read_window(self, x: float, y: float, size_m: float, out_px: int | None = None) -> np.ndarray:
+        """North-up RGB uint8 square of `size_m` metres centred on (x, y); outside the map is black."""
+        return self.read_window_masked(x, y, size_m, out_px)[0]
+
+    def read_all(self, max_pixels: int = 16_000 * 16_000) -> np.ndarray:
+        """The whole map as RGB uint8 [H,W,3] (for rendering training views); nodata is black."""
+        return self.read_all_masked(max_pixels)[0]
+
+    def read_all_masked(self, max_pixels: int = 16_000 * 16_000) -> tuple[np.ndarray, np.ndarray]:
+        if self.width * self.height > max_pixels:
+            raise SkylocError(f"{self.path} is {self.width}x{self.height} px, too large to load whole; "
+                              "crop the area you need first")
+        cx, cy = self.pixel_to_xy(self.width / 2, self.height / 2)
+        return self.read_window_masked(cx, cy, self.width * self.gsd, self.width, self.height * self.gsd)
+
+    def valid_mask(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
+        """A coarse validity mask of the whole map and its metres per pixel (for skipping tiles)."""
+        f = max(1.0, max(self.width, self.height) / max_side)
+        cx, cy = self.pixel_to_xy(self.width / 2, self.height / 2)
+        _, valid = self.read_window_masked(cx, cy, self.width * self.gsd, max(1, int(self.width / f)),
+                                           self.height * self.gsd)
+        return valid, self.width * self.gsd / valid.shape[1]
+
+
+class GeoMap(WholeMapReads):
     """A GeoTIFF (or any raster GDAL reads) seen north-up in metres, as 8-bit RGB plus a validity mask.
 
     Maps come as they are: 1 band (grey, panchromatic), 3 bands, 4 bands (RGB + NIR or alpha),
@@ -194,19 +230,7 @@ class GeoMap:
         st = self.path.stat()
         return st.st_size, st.st_mtime_ns
 
-    def pixel_to_xy(self, col: float, row: float) -> tuple[float, float]:
-        t = self.transform
-        return t.c + col * t.a, t.f + row * t.e
-
-    def xy_to_pixel(self, x: float, y: float) -> tuple[float, float]:
-        t = self.transform
-        return (x - t.c) / t.a, (y - t.f) / t.e
-
     # -- reading --------------------------------------------------------------------------------
-    def read_window(self, x: float, y: float, size_m: float, out_px: int | None = None) -> np.ndarray:
-        """North-up RGB uint8 square of `size_m` metres centred on (x, y); outside the map is black."""
-        return self.read_window_masked(x, y, size_m, out_px)[0]
-
     def read_window_masked(self, x: float, y: float, size_m: float, out_px: int | None = None,
                            size_y_m: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(RGB uint8 [h,w,3], valid bool [h,w]) of a north-up window of size_m (x size_y_m) metres.
@@ -253,25 +277,6 @@ class GeoMap:
         valid[oy0:oy1, ox0:ox1] = ok
         out[~valid] = 0
         return out, valid
-
-    def read_all(self, max_pixels: int = 16_000 * 16_000) -> np.ndarray:
-        """The whole map as RGB uint8 [H,W,3] (for rendering training views); nodata is black."""
-        return self.read_all_masked(max_pixels)[0]
-
-    def read_all_masked(self, max_pixels: int = 16_000 * 16_000) -> tuple[np.ndarray, np.ndarray]:
-        if self.width * self.height > max_pixels:
-            raise SkylocError(f"{self.path} is {self.width}x{self.height} px, too large to load whole; "
-                              "crop the area you need first")
-        cx, cy = self.pixel_to_xy(self.width / 2, self.height / 2)
-        return self.read_window_masked(cx, cy, self.width * self.gsd, self.width, self.height * self.gsd)
-
-    def valid_mask(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
-        """A coarse validity mask of the whole map and its metres per pixel (for skipping tiles)."""
-        f = max(1.0, max(self.width, self.height) / max_side)
-        cx, cy = self.pixel_to_xy(self.width / 2, self.height / 2)
-        _, valid = self.read_window_masked(cx, cy, self.width * self.gsd, max(1, int(self.width / f)),
-                                           self.height * self.gsd)
-        return valid, self.width * self.gsd / valid.shape[1]
 
     def describe(self) -> str:
         from rasterio.enums import MaskFlags

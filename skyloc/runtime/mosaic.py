@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from skyloc.errors import SkylocError
-from skyloc.runtime.geo import Geodesy, GeoMap
+from skyloc.runtime.geo import Geodesy, GeoMap, WholeMapReads
 
 log = logging.getLogger("skyloc.mosaic")
 
@@ -39,7 +39,7 @@ def mosaic_members(path: Path) -> list[str]:
     return names
 
 
-class MosaicMap:
+class MosaicMap(WholeMapReads):
     """Many rasters seen as one north-up metric map (the GeoMap interface)."""
 
     def __init__(self, path: str | Path, gsd: float | None = None, bands: tuple[int, ...] | None = None,
@@ -118,14 +118,6 @@ class MosaicMap:
         t = self.transform
         return t.c, t.f - self.height * self.gsd, t.c + self.width * self.gsd, t.f
 
-    def pixel_to_xy(self, col: float, row: float) -> tuple[float, float]:
-        t = self.transform
-        return t.c + col * t.a, t.f + row * t.e
-
-    def xy_to_pixel(self, x: float, y: float) -> tuple[float, float]:
-        t = self.transform
-        return (x - t.c) / t.a, (y - t.f) / t.e
-
     @cached_property
     def sha256(self) -> str:
         """Hash of the members' names and hashes (order matters: the first member wins overlaps)."""
@@ -139,9 +131,6 @@ class MosaicMap:
         return sum(s for s, _ in stamps), max(t for _, t in stamps)
 
     # -- reading --------------------------------------------------------------------------------
-    def read_window(self, x: float, y: float, size_m: float, out_px: int | None = None) -> np.ndarray:
-        return self.read_window_masked(x, y, size_m, out_px)[0]
-
     def read_window_masked(self, x: float, y: float, size_m: float, out_px: int | None = None,
                            size_y_m: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(RGB uint8, valid bool) of a north-up window, pasted from the members it overlaps."""
@@ -168,23 +157,6 @@ class MosaicMap:
             if valid.all():
                 break
         return out, valid
-
-    def read_all(self, max_pixels: int = 16_000 * 16_000) -> np.ndarray:
-        return self.read_all_masked(max_pixels)[0]
-
-    def read_all_masked(self, max_pixels: int = 16_000 * 16_000) -> tuple[np.ndarray, np.ndarray]:
-        if self.width * self.height > max_pixels:
-            raise SkylocError(f"{self.path} is {self.width}x{self.height} px, too large to load whole; "
-                              "use a part of the mosaic")
-        cx, cy = self.pixel_to_xy(self.width / 2, self.height / 2)
-        return self.read_window_masked(cx, cy, self.width * self.gsd, self.width, self.height * self.gsd)
-
-    def valid_mask(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
-        f = max(1.0, max(self.width, self.height) / max_side)
-        cx, cy = self.pixel_to_xy(self.width / 2, self.height / 2)
-        _, valid = self.read_window_masked(cx, cy, self.width * self.gsd, max(1, int(self.width / f)),
-                                           self.height * self.gsd)
-        return valid, self.width * self.gsd / valid.shape[1]
 
     def describe(self) -> str:
         crss = Counter(m._src.crs.to_string() for m in self.members)
