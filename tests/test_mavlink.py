@@ -74,10 +74,13 @@ def test_peer_gets_heartbeat_gps_input_statustext_and_sends_telemetry():
         gps = [(t, m) for t, m in msgs if m.get_type() == "GPS_INPUT"]
         rate = (len(gps) - 1) / (gps[-1][0] - gps[0][0])
         assert rate >= 5.0 * 0.9, rate
-        first = gps[0][1]
+        # a no-fix message sent just before publish() may still be in the socket: at most one
+        fixes = [i for i, (_, m) in enumerate(gps) if m.fix_type == 3]
+        assert fixes and fixes[0] <= 1, [m.fix_type for _, m in gps]
+        first = gps[fixes[0]][1]
         # within a metre of the estimate (it is predicted forward at 2 m/s for the ~0.2 s since)
         assert first.fix_type == 3 and first.lat == pytest.approx(474123450, abs=90) and first.lon == pytest.approx(85234560, abs=130)
-        accs = [m.horiz_accuracy for _, m in gps]
+        accs = [m.horiz_accuracy for _, m in gps[fixes[0]:]]
         assert accs == sorted(accs) and accs[-1] > accs[0]  # honest, growing accuracy between fixes
         week, _ = gps_time(time.time())
         assert first.time_week == week
