@@ -790,6 +790,7 @@ def sitl(
         raise SkylocError(f"{cfg.cache} has no manifest.json: not a tile cache (skyloc build-cache)")
     map_path = Path(cfg.map or json.loads(mf.read_text())["source_map"])
     gm = GeoMap(camera_map or map_path)
+    map_gsd = GeoMap(map_path).gsd if camera_map else gm.gsd
     left, bottom, right, top = gm.bounds
     if home:
         vals = [float(v) for v in home.split(",")]
@@ -799,10 +800,10 @@ def sitl(
         alt0 = 50.0
     scfg = SitlConfig(binary=sitl_binary, out=out, home=(lat0, lon0, alt0, 0.0), output=output, altitude=altitude,
                       box_m=box, speed=speed, camera_cut_s=camera_cut, defaults=list(sitl_defaults or []),
-                      send_heading=send_heading)
+                      send_heading=send_heading, map_gsd_m=map_gsd)
     console.print(f"SITL {sitl_binary}, output {output}, home {lat0:.6f},{lon0:.6f}, box {box:.0f} m at "
                   f"{altitude:.0f} m, {speed:.0f} m/s; parameters set: "
-                  + ", ".join(f"{k}={v}" for k, v in autopilot_params(output, send_heading).items()))
+                  + ", ".join(f"{k}={v}" for k, v in autopilot_params(output, send_heading, map_gsd).items()))
     rep = run_sitl(scfg, cfg, camera_map or map_path, progress=console.print)
     console.print_json(json.dumps({k: v for k, v in rep.items() if k != "events"}, default=float))
     console.print(f"wrote {out}/report.json, track.png, errors.png, frames-*.csv; autopilot log in {out}/sitl/logs")

@@ -31,3 +31,38 @@ def test_train_on_2009_west_retrieve_on_2020_east(tmp_path):
     chance = 100.0 / d2s["gallery"]
     print(f"NAIP 2009-west -> 2020-east drone->satellite R@1 {d2s['R@1']:.1f}% (chance {chance:.1f}%)")
     assert d2s["R@1"] >= 2 * chance
+
+
+def test_a_frame_without_yaw_registers_on_a_coarse_map_of_another_date():
+    """NAIP at 1000 m: the 2020 camera on the 2015 map (5 m/px) without any heading. Over the whole
+    circle at once the ratio test drops the true matches of a coarse frame's few features; the
+    heading searched as narrow steps finds the place and the heading (`split_headings`)."""
+    import math
+
+    import numpy as np
+    import rasterio
+
+    from skyloc.runtime.camera import Intrinsics, Pose
+    from skyloc.runtime.geo import GeoMap
+    from skyloc.runtime.registration import MapRegistration, RegistrationConfig
+    from skyloc.synth.render import Camera, render_view
+
+    with rasterio.open(NAIP / "naip_20200831.tif") as src:
+        image, transform = np.ascontiguousarray(src.read([1, 2, 3]).transpose(1, 2, 0)), src.transform
+    gm = GeoMap(NAIP / "naip_20150926.tif")
+    left, bottom, right, top = gm.bounds
+    intr = Intrinsics(852, 480, 60.0)
+    found = wide_found = 0
+    for k, (fx, fy, yaw) in enumerate([(0.35, 0.4, 351.0), (0.55, 0.6, 120.0), (0.6, 0.35, 230.0)]):
+        x, y = left + (right - left) * fx, bottom + (top - bottom) * fy
+        frame = render_view(image, transform, Camera(x, y, 1000.0, yaw, 0.0, 60.0, 852, 480))
+        guess = Pose(x + 40.0, y - 30.0, 1000.0, (yaw + 97.0 * (k + 1)) % 360)  # the heading is unknown
+        r = MapRegistration(gm).register(frame, intr, guess, 100.0, rotation_tol_deg=180.0)
+        if r.ok:
+            found += 1
+            assert math.hypot(r.x - x, r.y - y) < 15.0
+            assert abs((guess.yaw + r.rotation_deg - yaw + 180) % 360 - 180) < 3.0
+        wide = MapRegistration(gm, RegistrationConfig(split_max_features=0))
+        wide_found += wide.register(frame, intr, guess, 100.0, rotation_tol_deg=180.0).ok
+    print(f"NAIP 1000 m without yaw: {found} of 3 verified in heading steps, {wide_found} in one wide search")
+    assert found >= 2 and found > wide_found

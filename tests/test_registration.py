@@ -6,7 +6,7 @@ import pytest
 
 from skyloc.runtime.camera import Intrinsics, Pose
 from skyloc.runtime.geo import GeoMap
-from skyloc.runtime.registration import MapRegistration, log10_nfa
+from skyloc.runtime.registration import MapRegistration, log10_nfa, split_headings
 from skyloc.synth.render import Camera, render_view
 
 
@@ -149,3 +149,31 @@ def test_a_leaning_camera_the_telemetry_calls_level_gets_an_accuracy_that_covers
     err = math.hypot(r.x - x, r.y - y)
     assert r.ok and not r.pose_solved, r.reason
     assert err > 8.0 and 3 * r.sigma >= err and r.tilt_correction_m > 8.0
+
+
+def test_a_wide_heading_search_splits_into_narrow_steps_that_cover_it_nearest_first():
+    circle, origin = split_headings([(0.0, 1.0), (0.0, 1.5)], 180.0, 8.0)
+    for k in (1.0, 1.5):
+        heads = [h for h, kk in circle if kk == k]
+        assert len(heads) == 23 and len({round(h % 360, 6) for h in heads}) == 23  # every 16 deg, no repeats
+        assert heads[0] == 0.0 and [abs(h) for h in heads] == sorted(abs(h) for h in heads)  # likeliest first
+        for true in np.arange(-180.0, 180.0, 0.5):  # any heading is within 8 deg of a step
+            assert min(abs((true - h + 180) % 360 - 180) for h in heads) <= 8.0 + 1e-9
+    assert set(origin.values()) == {0.0}
+    compass, _ = split_headings([(10.0, 1.0)], 32.0, 8.0)
+    assert [h for h, _ in compass] == [10.0, 26.0, -6.0, 42.0, -22.0]
+
+
+def test_a_frame_with_few_features_and_no_heading_registers_in_steps_that_overlap(maps):
+    """A small frame (few features) between two steps (40 deg: 32 and 48 are each 8 deg off)."""
+    gm, _ = maps
+    x, y = _centre(gm)
+    intr = Intrinsics(160, 100, 60.0)
+    frame = _frame(maps, x, y, yaw=40.0, alt=200.0, size=(160, 100))
+    reg = MapRegistration(gm)
+    r = reg.register(frame, intr, Pose(x + 10, y - 8, 200.0, 0.0), 30.0, rotation_tol_deg=180.0)
+    assert r.ok, r.reason
+    assert abs(r.rotation_deg - 40.0) < 1.0 and math.hypot(r.x - x, r.y - y) < 2.0
+    assert reg._few_features(frame, intr, Pose(x, y, 200.0, 0.0))
+    big = _frame(maps, x, y, yaw=40.0)
+    assert not reg._few_features(big, Intrinsics(480, 320, 60.0), Pose(x, y, 120.0, 0.0))  # keeps the one wide search

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from skyloc.onboard.sitl import ARDUPILOT_PARAMS
+from skyloc.onboard.sitl import ARDUPILOT_PARAMS, autopilot_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SITL = os.environ.get("SKYLOC_SITL")
@@ -18,9 +18,14 @@ SITL = os.environ.get("SKYLOC_SITL")
 def test_the_readme_gives_exactly_the_parameters_the_sitl_loop_sets():
     """What `skyloc sitl` sets on the autopilot is what the README tells users to set."""
     readme = (ROOT / "README.md").read_text()
-    for output, params in ARDUPILOT_PARAMS.items():
-        for name, value in params.items():
+    for output in ARDUPILOT_PARAMS:
+        for name, value in autopilot_params(output, map_gsd_m=0.5).items():
             assert re.search(rf"`{name}`\s*\|\s*{value:g}\b", readme), f"README lacks {name} | {value} ({output})"
+    # ExternalNav is fused at the GPS's accuracy floored at EK3_POSNE_M_NSE: half the map's pixel
+    assert autopilot_params("odometry", map_gsd_m=5.0)["EK3_POSNE_M_NSE"] == 2.5
+    assert autopilot_params("odometry", map_gsd_m=0.3)["EK3_POSNE_M_NSE"] == 0.5
+    assert "EK3_POSNE_M_NSE" not in autopilot_params("gps_input", map_gsd_m=5.0)  # GPS_INPUT carries its accuracy
+    assert re.search(r"`EK3_POSNE_M_NSE`\s*\|[^|\n]*2\.5 \(5 m/px", readme)
 
 
 @pytest.mark.skipif(not SITL, reason="needs an ArduCopter SITL binary: set SKYLOC_SITL=.../build/sitl/bin/arducopter")

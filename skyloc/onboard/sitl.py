@@ -70,8 +70,22 @@ ARDUPILOT_PARAMS = {
 HEADING_PARAMS = {"EK3_SRC2_YAW": 6, "VISO_YAW_M_NSE": 0.05}
 
 
-def autopilot_params(output: str, send_heading: bool = False) -> dict:
+def ekf_position_noise(map_gsd_m: float | None) -> float:
+    """EK3_POSNE_M_NSE for flying on ODOMETRY: half the map's pixel, at least ArduPilot's 0.5 m.
+
+    Once a GPS has reported an accuracy, EKF3 fuses ExternalNav positions with that GPS's last
+    accuracy floored at EK3_POSNE_M_NSE (AP_NavEKF3_PosVelFusion.cpp, FuseVelPosNED: the
+    gpsPosAccuracy branch comes before the ExternalNav one, and the value goes stale when the GPS
+    stops), not with the covariance skyloc sends. At the default 0.5 m it gated out skyloc's
+    5 m steps over a 5 m/px map (NAIP at 1000 m: position test ratio 1.2-1.7 for seconds, EKF
+    error spikes of 18-30 m). Half a map pixel is what skyloc's fixes scatter by there."""
+    return max(0.5, round(0.5 * map_gsd_m, 1)) if map_gsd_m else 0.5
+
+
+def autopilot_params(output: str, send_heading: bool = False, map_gsd_m: float | None = None) -> dict:
     params = dict(ARDUPILOT_PARAMS[output])
+    if output == "odometry":
+        params["EK3_POSNE_M_NSE"] = ekf_position_noise(map_gsd_m)
     if send_heading and output == "odometry":
         params.update(HEADING_PARAMS)
     return params
@@ -89,6 +103,7 @@ class SitlConfig:
     camera_cut_s: float = 10.0  # camera cut on the second leg (0: none)
     send_heading: bool = False  # skyloc's heading in ODOMETRY, EK3_SRC2_YAW = 6 (HEADING_PARAMS on top)
     mission: str = "box"  # box: the square and back home; leg: one straight leg north, then land there
+    map_gsd_m: float | None = None  # the cache's map resolution: sets EK3_POSNE_M_NSE (ekf_position_noise)
     defaults: list[Path] = field(default_factory=list)  # SITL parameter files (the airframe)
     speedup: float = 1.0
     timeout_s: float = 900.0
@@ -320,7 +335,7 @@ def run_sitl(cfg: SitlConfig, daemon_config, camera_map, progress=print) -> dict
     # the parameters the README tells users to set, as a parameter file loaded at boot (VISO_TYPE,
     # SERIALn_PROTOCOL and GPSn_TYPE take effect only after a reboot when set over MAVLink)
     user_params = work / "skyloc.parm"
-    params = autopilot_params(cfg.output, cfg.send_heading)
+    params = autopilot_params(cfg.output, cfg.send_heading, cfg.map_gsd_m)
     user_params.write_text("".join(f"{k} {v}\n" for k, v in params.items()))
     cmd = [str(cfg.binary), "--model", "quad", "--speedup", str(cfg.speedup), "-I0", "-w",
            "--defaults", ",".join(str(p) for p in [*defaults, user_params]), "--home", f"{lat0},{lon0},{alt0},{hdg0}"]
