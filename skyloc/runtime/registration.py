@@ -90,8 +90,8 @@ def wrap_deg(deg: float) -> float:
 
 def split_headings(hyps: list[tuple[float, float]], rot_tol: float, step_tol: float):
     """A wide heading search as narrow ones: each (heading, height) hypothesis becomes headings
-    2 * step_tol apart out to rot_tol either side (the whole circle at 180), nearest first, each
-    searched within step_tol. On a coarse map a frame has a hundred features, and a wide search
+    2 * step_tol apart out to rot_tol either side (the whole circle at 180), nearest first, for
+    the caller to search each a little wider than step_tol (neighbours overlap). On a coarse map a frame has a hundred features, and a wide search
     lets so many wrong pairs compete that the ratio test drops the true ones (NAIP at 1000 m, at
     the true place: 3-7 inliers over the whole circle, 14-30 in 16 deg steps); the a-contrario
     penalty already counts the narrow tests (rot_tol / step_tol of them). Returns the hypotheses
