@@ -91,11 +91,12 @@ def wrap_deg(deg: float) -> float:
 def split_headings(hyps: list[tuple[float, float]], rot_tol: float, step_tol: float):
     """A wide heading search as narrow ones: each (heading, height) hypothesis becomes headings
     2 * step_tol apart out to rot_tol either side (the whole circle at 180), nearest first, for
-    the caller to search each a little wider than step_tol (neighbours overlap). On a coarse map a frame has a hundred features, and a wide search
-    lets so many wrong pairs compete that the ratio test drops the true ones (NAIP at 1000 m, at
-    the true place: 3-7 inliers over the whole circle, 14-30 in 16 deg steps); the a-contrario
-    penalty already counts the narrow tests (rot_tol / step_tol of them). Returns the hypotheses
-    and, for each new heading, the one it came from."""
+    the caller to search each a little wider than step_tol (neighbours overlap). A frame coarse
+    on the map has few features, and a wide search lets so many wrong pairs compete that the
+    ratio test drops the true ones (NAIP at 1000 m, at the true place: 3-7 inliers over the whole
+    circle, 14-30 in 16 deg steps); the a-contrario penalty already counts the narrow tests
+    (rot_tol / step_tol of them). Returns the hypotheses and, for each new heading, the one it
+    came from."""
     step = 2.0 * step_tol
     n = int(math.ceil((rot_tol - step_tol) / step - 1e-9))
     offsets = [0.0] + [s * i * step for i in range(1, n + 1) for s in (1.0, -1.0)]
@@ -305,7 +306,9 @@ class MapRegistration:
         penalty = math.log10(len(hyps) * max(1.0, rot_tol / cfg.max_rotation_deg)
                              * max(1.0, math.log1p(sc_tol) / math.log1p(cfg.max_scale_error)))
         wide_rot, origin = rot_tol, {}
-        if rot_tol > cfg.split_rotation_deg and self._few_features(frame, intr, pose):
+        # counted at the first height tried, whose warp the search then reuses (frame_features' cache)
+        first = replace(pose, altitude=pose.altitude * hyps[0][1])
+        if rot_tol > cfg.split_rotation_deg and self._few_features(frame, intr, first):
             hyps, origin = split_headings(hyps, rot_tol, cfg.max_rotation_deg)
             rot_tol = 1.25 * cfg.max_rotation_deg  # neighbouring steps overlap: a heading between two is in both
         best: Registration | None = None
