@@ -1,8 +1,14 @@
 """The README's workflow, command by command, as a newcomer runs it; and one-line errors."""
+import csv
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
+
+import cv2
+
+from skyloc.runtime.geo import Geodesy, utm_crs_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,13 +36,26 @@ def test_readme_workflow_reaches_a_replay(tmp_path):
     for step in steps:
         r = skyloc(*step, cwd=tmp_path)
         assert r.returncode == 0, f"skyloc {' '.join(map(str, step))}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+        if step[0] == "verify":
+            assert "parity OK" in r.stdout, r.stdout
     assert (tmp_path / "top5.png").stat().st_size > 1000
     assert (tmp_path / "model.int8.onnx").is_file()
     report = json.loads((tmp_path / "replay_out" / "report.json").read_text())
     assert report["frames"] == 6
     assert (tmp_path / "replay_out" / "track.png").is_file()
-    r = skyloc("localize", tmp_path / "top5.png", "-m", "model.onnx", "-c", "area.cache", "--json", cwd=tmp_path)
-    assert r.returncode == 0 and '"status"' in r.stdout
+    # one frame as the README localizes it (its yaw and altitude given): a fix within 3x its accuracy
+    ok, frame = cv2.VideoCapture(str(tmp_path / "flight.mp4")).read()
+    assert ok and cv2.imwrite(str(tmp_path / "frame.jpg"), frame)
+    truth = next(csv.DictReader(open(tmp_path / "flight.csv")))
+    r = skyloc("localize", "frame.jpg", "-m", "model.onnx", "-c", "area.cache", "--yaw", truth["yaw"],
+               "--alt", truth["alt"], "--pitch", "5", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    fix = json.loads(r.stdout)
+    assert fix["status"] == "ok", fix["message"]
+    lat, lon = float(truth["lat"]), float(truth["lon"])
+    utm = Geodesy(utm_crs_for(lat, lon))
+    error = math.dist(utm.from_latlon(lat, lon), utm.from_latlon(fix["lat"], fix["lon"]))
+    assert error <= 3 * fix["horizontal_accuracy"], (error, fix)
 
 
 def test_errors_are_one_line(tmp_path):

@@ -97,15 +97,11 @@ def test_checkpoint_round_trip_and_bad_checkpoints(tmp_path):
         load_model(tmp_path / "corrupt.pt")
 
 
-def test_cli_export_then_verify_and_clear_errors(tmp_path):
+def test_cli_export_and_verify_give_clear_errors(tmp_path):
+    """(export then verify succeeding through the CLI is test_cli's README workflow)"""
     m = create_model("mlr_convnext_atto", num_classes=5)
     save_checkpoint(tmp_path / "m.pt", m)
     skyloc = [sys.executable, "-m", "skyloc.cli"]
-    r = subprocess.run(skyloc + ["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "m.onnx")],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    r = subprocess.run(skyloc + ["verify", str(tmp_path / "m.onnx"), str(tmp_path / "m.pt")], capture_output=True, text=True)
-    assert r.returncode == 0 and "parity OK" in r.stdout, r.stdout + r.stderr
     # a checkpoint of the other model, a missing file: one line, no traceback
     r = subprocess.run(skyloc + ["export", str(tmp_path / "m.pt"), "--out", str(tmp_path / "x.onnx"),
                                  "--model-name", "mift_tiny"], capture_output=True, text=True)
