@@ -122,6 +122,35 @@ def test_stale_fix_degrades_to_no_fix_type():
         link.close()
 
 
+def test_a_fix_is_carried_forward_on_the_autopilots_velocity_while_it_is_fresh():
+    """Between frames the outputs predict the newest fix forward. The autopilot's own velocity (its
+    IMU-driven EKF, GLOBAL_POSITION_INT) carries it while fresh and aided (the autopilot reports a
+    position); the filter's velocity, from camera positions 0.1 s apart, otherwise."""
+    link = MavlinkLink("udpout:127.0.0.1:9", outputs=("gps_input",), max_prediction_s=2.0)
+    try:
+        est = _est()  # the filter says 2 m/s east, 1 m/s south
+        link.publish(est)
+        t0 = est.time
+
+        def moved(now):  # (east, north) metres from the fix, as GPS_INPUT says
+            f = link.gps_input_fields(now)
+            return ((f["lon"] / 1e7 - est.lon) * 111_320.0 * math.cos(math.radians(est.lat)),
+                    (f["lat"] / 1e7 - est.lat) * 111_320.0)
+
+        e, n = moved(t0 + 1.0)  # no autopilot velocity yet: the filter's
+        assert abs(e - 2.0) < 0.05 and abs(n + 1.0) < 0.05, (e, n)
+        link.telemetry.velocity, link.telemetry.velocity_time = (0.0, 8.0), t0 + 0.9  # flying north at 8 m/s
+        e, n = moved(t0 + 1.0)
+        assert abs(e - 2.0) < 0.05, "a velocity from an autopilot that reports no position means nothing"
+        link.telemetry.lat, link.telemetry.lon = est.lat, est.lon
+        e, n = moved(t0 + 1.0)
+        assert abs(e) < 0.05 and abs(n - 8.0) < 0.05, (e, n)
+        e, n = moved(t0 + 0.9 + link.velocity_fresh_s + 0.1)  # the autopilot's has gone stale
+        assert abs(e - 2.0 * 1.5) < 0.05, (e, n)
+    finally:
+        link.close()
+
+
 def test_peer_that_goes_away_and_comes_back():
     port = _free_port()
     ap = Autopilot(port)

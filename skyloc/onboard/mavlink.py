@@ -1,7 +1,8 @@
 """MAVLink to the autopilot (pymavlink): heartbeat, telemetry in, position estimates out.
 
 Outputs (any combination), each on its own steady clock, predicted forward from the newest
-estimate with the filter's velocity and an honestly growing uncertainty:
+estimate (on the autopilot's own velocity while fresh, else the filter's) and an honestly growing
+uncertainty:
   odometry           ODOMETRY, ArduPilot ExternalNav's preferred input (and PX4 EKF2_EV_CTRL):
                      frame LOCAL_FRD / child BODY_FRD, x/y north/east of the EKF origin, z from
                      the altitude, the attitude from ATTITUDE, body-frame velocity, a pose
@@ -112,6 +113,16 @@ class Telemetry:
     updated: float = 0.0
     history: deque = field(default_factory=lambda: deque(maxlen=600))  # (time, yaw, roll, pitch, alt_agl)
 
+    def aided_velocity(self, now: float, max_age_s: float) -> tuple[float, float] | None:
+        """The autopilot's own velocity (east, north m/s) while fresh and while its estimator has a
+        position: one that reports none (a ground peer, an EKF never aided) sends a velocity of 0
+        that means nothing."""
+        v = self.velocity
+        if v is None or self.lat is None or not 0.0 <= now - self.velocity_time < max_age_s \
+                or not all(map(math.isfinite, v)):
+            return None
+        return v
+
     def at(self, t: float) -> tuple[float | None, float | None, float | None, float | None]:
         """(yaw, roll, pitch, altitude above home) at wall time t, interpolated between the samples
         around it: a frame that waited in the queue gets the attitude it was taken with, not the
@@ -164,6 +175,7 @@ class MavlinkLink:
     # ExternalNav when -1 came after 0.5 s, and its variance failsafe fired.
     stale_s = 1.5
     mount_yaw_deg = 0.0  # camera heading relative to the nose (send_heading turns it back)
+    velocity_fresh_s = 0.5  # the autopilot's velocity carries predictions while younger than this
 
     def __init__(self, url: str, outputs=("gps_input",), gps_rate_hz: float = 10.0, system_id: int = 1,
                  component_id: int = M.MAV_COMP_ID_ONBOARD_COMPUTER, origin: tuple | None = None,
@@ -518,11 +530,21 @@ class MavlinkLink:
             return None
         age = max(0.0, now - at)
         lat, lon = est.lat, est.lon
-        if age > 0:  # dead-reckon with the filter's velocity
-            lat += est.vy * age / 111_320.0
-            lon += est.vx * age / (111_320.0 * max(0.01, math.cos(math.radians(lat))))
+        if age > 0:
+            ve, vn = self._prediction_velocity(est, now)
+            lat += vn * age / 111_320.0
+            lon += ve * age / (111_320.0 * max(0.01, math.cos(math.radians(lat))))
         drms = math.hypot(est.horizontal_accuracy, 0.5 * self.accel * age * age + 1.0 * age)
         return est, age, lat, lon, drms
+
+    def _prediction_velocity(self, est: Estimate, now: float) -> tuple[float, float]:
+        """(east, north) m/s to carry the newest fix to `now` with: the autopilot's own velocity
+        (GLOBAL_POSITION_INT, its IMU-driven EKF) while fresh and aided, else the filter's. In SITL the
+        filter's velocity, from positions 0.1 s apart, was metres per second off after a turn or a
+        registration's step, and a slow frame (0.5-1 s) carried that into ODOMETRY: sent positions
+        3-20 m off, fused by EKF3 at EK3_POSNE_M_NSE (0.5 m), then its position ran away."""
+        v = self.telemetry.aided_velocity(now, self.velocity_fresh_s)
+        return v if v is not None else (est.vx, est.vy)
 
     def blind_s(self, now: float) -> float:
         """Seconds since a frame last measured anything (odometry or registration); 0 while the

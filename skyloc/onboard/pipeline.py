@@ -85,12 +85,9 @@ class AutopilotTelemetry:
         return s
 
     def velocity(self, now: float) -> tuple[float, float] | None:
-        """The autopilot's own velocity while its estimator has a position (one that reports
-        none, e.g. a ground peer or an EKF never aided, sends a velocity of 0 that means nothing)."""
+        """The autopilot's own velocity while fresh and its estimator has a position."""
         tel = self.link.telemetry if self.link is not None else None
-        if tel is None or tel.lat is None or now - tel.velocity_time >= self.timeout_s:
-            return None
-        return tel.velocity
+        return tel.aided_velocity(now, self.timeout_s) if tel is not None else None
 
     def gnss_fix(self, now: float) -> tuple[float, float, float] | None:
         return self.link.gnss_fix(now) if self.link is not None else None
